@@ -1,0 +1,183 @@
+"""The Starlette application: GraphQL, OAuth2 token and discovery endpoints, health."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from urllib.parse import parse_qsl
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.auth import principal_from_token, require_active_client
+from api.oauth import token_response
+from schema.graphql.execution import execute
+from schema.runtime import Appliance
+from security.errors import Unauthenticated
+from security.principal import Principal
+
+log = logging.getLogger("enclave.api")
+
+_SECURITY_HEADERS = [
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+]
+
+
+class SecurityHeaders:
+    """Strict defaults on every response: nothing cached, sniffed, framed or referred."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [
+                    h for h in _SECURITY_HEADERS if h[0] not in present]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _graphql_error(status: int, message: str, code: str,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"errors": [{"message": message, "extensions": {"code": code}}],
+                         "data": None}, status_code=status, headers=headers)
+
+
+def _unauthenticated(exc: Unauthenticated) -> JSONResponse:
+    return _graphql_error(401, exc.message, "UNAUTHENTICATED",
+                          {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+async def _read_limited(request: Request, limit: int) -> bytes | None:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return body
+
+
+def create_app(appliance: Appliance) -> Starlette:
+    settings = appliance.settings
+
+    async def graphql(request: Request) -> Response:
+        request_id = uuid.uuid4().hex
+        try:
+            principal = principal_from_token(appliance, request.headers.get("authorization"))
+        except Unauthenticated as exc:
+            return _unauthenticated(exc)
+        raw = await _read_limited(request, settings.max_body_bytes)
+        if raw is None:
+            return _graphql_error(413, f"request body over {settings.max_body_bytes} bytes",
+                                  "BAD_REQUEST")
+        try:
+            payload = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return _graphql_error(400, "the body must be JSON: {\"query\": ..., "
+                                       "\"variables\": {...}}", "BAD_REQUEST")
+        if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
+            return _graphql_error(400, "the body must carry a 'query' string", "BAD_REQUEST")
+        variables = payload.get("variables")
+        operation = payload.get("operationName")
+        if variables is not None and not isinstance(variables, dict):
+            return _graphql_error(400, "'variables' must be an object", "BAD_REQUEST")
+        if operation is not None and not isinstance(operation, str):
+            return _graphql_error(400, "'operationName' must be a string", "BAD_REQUEST")
+        try:
+            body = await run_in_threadpool(_run, principal, payload["query"], variables,
+                                           operation, request_id)
+        except Unauthenticated as exc:
+            return _unauthenticated(exc)
+        except Exception:
+            log.exception("request %s failed", request_id)
+            return _graphql_error(503, "the request could not be completed; try again",
+                                  "UNAVAILABLE")
+        return JSONResponse(body, headers={"x-request-id": request_id})
+
+    def _run(principal: Principal, document: str, variables: dict[str, Any] | None,
+             operation: str | None, request_id: str) -> dict[str, Any]:
+        with appliance.sessions() as session:
+            require_active_client(session, principal)
+        return execute(appliance, principal, document, variables, operation, request_id)
+
+    async def token(request: Request) -> Response:
+        raw = await _read_limited(request, 16_384)
+        if raw is None:
+            return JSONResponse({"error": "invalid_request"}, status_code=413)
+        if request.headers.get("content-type", "").split(";")[0].strip() \
+                != "application/x-www-form-urlencoded":
+            return JSONResponse({"error": "invalid_request", "error_description":
+                                 "use application/x-www-form-urlencoded"}, status_code=400)
+
+        try:
+            form = dict(parse_qsl(raw.decode(), keep_blank_values=True, strict_parsing=False))
+        except UnicodeDecodeError:
+            return JSONResponse({"error": "invalid_request"}, status_code=400)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        status, body, extra = await run_in_threadpool(token_response, appliance, form, headers,
+                                                      uuid.uuid4().hex)
+        response = JSONResponse(body, status_code=status)
+        for name, value in extra:
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
+        response.headers["pragma"] = "no-cache"
+        return response
+
+    async def openid_configuration(request: Request) -> Response:
+        issuer = settings.resolved_issuer
+        return JSONResponse({
+            "issuer": issuer,
+            "token_endpoint": f"{issuer}/oauth/token",
+            "jwks_uri": f"{issuer}/.well-known/jwks.json",
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic",
+                                                      "client_secret_post"],
+            "id_token_signing_alg_values_supported": ["Ed25519"],
+            "response_types_supported": ["token"],
+            "subject_types_supported": ["public"],
+        }, headers={"cache-control": "public, max-age=300"})
+
+    async def jwks(request: Request) -> Response:
+        return JSONResponse(appliance.tokens.jwks(), headers={"cache-control": "public, max-age=300"})
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        ok, checks = await run_in_threadpool(appliance.ready)
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks},
+                            status_code=200 if ok else 503)
+
+    routes = [
+        Route("/graphql", graphql, methods=["POST"]),
+        Route("/oauth/token", token, methods=["POST"]),
+        Route("/.well-known/openid-configuration", openid_configuration, methods=["GET"]),
+        Route("/.well-known/jwks.json", jwks, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes)
+    app.add_middleware(SecurityHeaders)
+    app.state.appliance = appliance
+    return app

@@ -1,0 +1,136 @@
+"""OAuth2 token endpoint (client-credentials grant, RFC 6749 §4.4) on authlib's server core.
+
+authlib validates the request and authenticates the client (client_secret_basic or
+client_secret_post); Enclave supplies the client lookup (argon2id-hashed secrets, revocation)
+and the token generator (Ed25519-signed JWTs). Issuance and failures are audited.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from authlib.oauth2.rfc6749 import AuthorizationServer, ClientMixin, OAuth2Request
+from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
+from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from sqlalchemy.orm import Session
+
+from schema.runtime import Appliance
+from security.audit import AuditEntry
+from security.passwords import DUMMY_HASH, verify_secret
+from storage.models import ApiClient
+
+AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+
+
+class _Client(ClientMixin):  # type: ignore[misc]
+    def __init__(self, row: ApiClient) -> None:
+        self.row = row
+
+    def get_client_id(self) -> str:
+        return self.row.id
+
+    def get_default_redirect_uri(self) -> None:
+        return None
+
+    def get_allowed_scope(self, scope: str | None) -> str:
+        return ""  # roles, not scopes, carry the authority
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return False
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return verify_secret(self.row.secret_hash, client_secret)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return endpoint == "token" and method in AUTH_METHODS
+
+    def check_response_type(self, response_type: str) -> bool:
+        return False
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type == "client_credentials"
+
+
+class _Grant(ClientCredentialsGrant):  # type: ignore[misc]
+    TOKEN_ENDPOINT_AUTH_METHODS = list(AUTH_METHODS)
+
+
+class _FormRequest(OAuth2Request):  # type: ignore[misc]
+    def __init__(self, uri: str, form: dict[str, str], headers: dict[str, str]) -> None:
+        super().__init__("POST", uri, headers=headers)
+        self._form = form
+        self.payload = BasicOAuth2Payload(form)
+
+    @property
+    def form(self) -> dict[str, str]:
+        return self._form
+
+
+class TokenServer(AuthorizationServer):  # type: ignore[misc]
+    def __init__(self, appliance: Appliance, session: Session) -> None:
+        super().__init__()
+        self.appliance = appliance
+        self.session = session
+        self.issued_to: str | None = None
+        self.register_grant(_Grant)
+        self.register_token_generator("default", self._generate)
+
+    def query_client(self, client_id: str) -> _Client | None:
+        row = self.session.get(ApiClient, client_id) if client_id else None
+        if row is None or row.revoked_at is not None:
+            verify_secret(DUMMY_HASH, "x")  # spend the same time as a real check
+            return None
+        return _Client(row)
+
+    def save_token(self, token: dict[str, Any], request: Any) -> None:
+        """Tokens are self-contained JWTs; nothing to store."""
+
+    def _generate(self, *, client: _Client, **_: Any) -> dict[str, Any]:
+        self.issued_to = client.row.id
+        return self.appliance.tokens.issue(subject=client.row.id, roles=client.row.roles,
+                                           team=client.row.team)
+
+    def create_oauth2_request(self, request: Any) -> Any:
+        return request
+
+    def create_json_request(self, request: Any) -> Any:  # pragma: no cover - not used
+        return request
+
+    def handle_response(self, status: int, body: Any, headers: Any) -> tuple[int, Any, Any]:
+        return status, body, headers
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def token_response(appliance: Appliance, form: dict[str, str], headers: dict[str, str],
+                   request_id: str) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+    """Answer one token request; TLS is terminated in front of the service, hence https."""
+    with appliance.sessions() as session, session.begin():
+        server = TokenServer(appliance, session)
+        request = _FormRequest("https://enclave.local/oauth/token", form, headers)
+        status, body, response_headers = server.create_token_response(request)
+        if isinstance(body, str):
+            body = json.loads(body)
+        client_id = server.issued_to or _claimed_client(form, headers)
+        entry = AuditEntry(
+            actor=f"client:{client_id or 'unknown'}", roles=(), action="token.issue",
+            object_type="client", object_ids=[client_id] if client_id else [],
+            decision="allow" if status == 200 else "deny",
+            reason=None if status == 200 else str(body.get("error")), request_id=request_id)
+        appliance.append_audit(session, [entry])
+    return status, body, list(response_headers or [])
+
+
+def _claimed_client(form: dict[str, str], headers: dict[str, str]) -> str | None:
+
+    auth = headers.get("authorization", "")
+    if auth.lower().startswith("basic "):
+        try:
+            return base64.b64decode(auth[6:]).decode().split(":", 1)[0][:64] or None
+        except (ValueError, UnicodeDecodeError):
+            return None
+    value = form.get("client_id")
+    return value[:64] if value else None

@@ -1,0 +1,1 @@
+"""Encrypted, signed, verifiable backup and restore (see issue 4; not built yet)."""

@@ -1,0 +1,1 @@
+"""Business logic exposed: operations (plain Python) and the GraphQL schema over them."""

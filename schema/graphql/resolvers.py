@@ -1,0 +1,170 @@
+"""Query and Mutation roots. Resolvers translate arguments and delegate to `schema.ops`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import strawberry
+from strawberry.types import Info
+
+from schema.context import RequestContext
+from schema.graphql import types as t
+from schema.ops import accounts, audit_log, clients, contacts, policies
+from schema.ops.records import Page
+from schema.ops.validation import encode_cursor
+from security.authz import Rule
+
+Ctx = Info[RequestContext, Any]
+
+
+def _given(patch: Any) -> dict[str, Any]:
+    """The fields the caller actually set in a patch (UNSET ones are left alone)."""
+    return {f.name: getattr(patch, f.name) for f in dataclasses.fields(patch)
+            if getattr(patch, f.name) is not strawberry.UNSET}
+
+
+def _page_info(page: Page[Any]) -> t.PageInfo:
+    return t.PageInfo(has_next_page=page.has_next, has_previous_page=page.has_previous,
+                      start_cursor=page.start_cursor, end_cursor=page.end_cursor)
+
+
+def _contact_connection(page: Page[Any]) -> t.ContactConnection:
+    return t.ContactConnection(
+        edges=[t.ContactEdge(cursor=encode_cursor(row.id), node=t.Contact(row=row))
+               for row in page.items],
+        page_info=_page_info(page))
+
+
+def _account_connection(page: Page[Any]) -> t.AccountConnection:
+    return t.AccountConnection(
+        edges=[t.AccountEdge(cursor=encode_cursor(row.id), node=t.Account(row=row))
+               for row in page.items],
+        page_info=_page_info(page))
+
+
+def _client(row: Any) -> t.ApiClient:
+    return t.ApiClient(id=row.id, name=row.name, roles=list(row.roles), team=row.team,
+                       created_at=row.created_at, revoked_at=row.revoked_at)
+
+
+def _audit_event(row: Any) -> t.AuditEvent:
+    return t.AuditEvent(
+        seq=row.seq, ts=row.ts, actor=row.actor, roles=json.loads(row.roles), action=row.action,
+        object_type=row.object_type, object_ids=json.loads(row.object_ids),
+        fields=json.loads(row.fields), decision=row.decision, reason=row.reason,
+        request_id=row.request_id, prev_hash=row.prev_hash, hash=row.hash)
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    def me(self, info: Ctx) -> t.Me:
+        p = info.context.principal
+        return t.Me(id=p.id, name=p.name, roles=list(p.roles), team=p.team)
+
+    @strawberry.field
+    def accounts(self, info: Ctx, first: int | None = 20,
+                 after: str | None = None) -> t.AccountConnection:
+        return _account_connection(accounts.list_accounts(info.context, first=first, after=after))
+
+    @strawberry.field
+    def account(self, info: Ctx, id: strawberry.ID) -> t.Account:
+        return t.Account(row=accounts.get_account(info.context, id))
+
+    @strawberry.field
+    def contacts(self, info: Ctx, first: int | None = 20, after: str | None = None,
+                 filter: t.ContactFilter | None = None) -> t.ContactConnection:
+        f = filter or t.ContactFilter()
+        page = contacts.list_contacts(info.context, first=first, after=after,
+                                      account_id=f.account_id, owner=f.owner, email=f.email,
+                                      phone=f.phone)
+        return _contact_connection(page)
+
+    @strawberry.field
+    def contact(self, info: Ctx, id: strawberry.ID) -> t.Contact:
+        return t.Contact(row=contacts.get_contact(info.context, id))
+
+    @strawberry.field(description="The audit log, oldest first. security_officer only.")
+    def audit_events(self, info: Ctx, first: int | None = 50, after: str | None = None,
+                     filter: t.AuditEventFilter | None = None) -> t.AuditEventConnection:
+        f = filter or t.AuditEventFilter()
+        page = audit_log.list_events(info.context, first=first, after=after,
+                                     filter=audit_log.AuditFilter(**dataclasses.asdict(f)))
+        edges = [t.AuditEventEdge(cursor=audit_log.encode_cursor(row.seq), node=_audit_event(row))
+                 for row in page.items]
+        return t.AuditEventConnection(edges=edges, page_info=t.PageInfo(
+            has_next_page=page.has_next, has_previous_page=after is not None,
+            start_cursor=edges[0].cursor if edges else None,
+            end_cursor=edges[-1].cursor if edges else None))
+
+    @strawberry.field
+    def policies(self, info: Ctx) -> list[t.PolicyRule]:
+        return [t.PolicyRule(role=r.role, object_type=r.object_type, field=r.field,
+                             action=r.action) for r in policies.list_rules(info.context)]
+
+    @strawberry.field
+    def clients(self, info: Ctx) -> list[t.ApiClient]:
+        return [_client(row) for row in clients.list_clients(info.context)]
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation
+    def create_account(self, info: Ctx, input: t.AccountInput) -> t.Account:
+        with info.context.savepoint():
+            row = accounts.create_account(info.context, dataclasses.asdict(input))
+        return t.Account(row=row)
+
+    @strawberry.mutation
+    def update_account(self, info: Ctx, id: strawberry.ID, input: t.AccountPatch) -> t.Account:
+        with info.context.savepoint():
+            row = accounts.update_account(info.context, id, _given(input))
+        return t.Account(row=row)
+
+    @strawberry.mutation
+    def delete_account(self, info: Ctx, id: strawberry.ID) -> t.Deleted:
+        with info.context.savepoint():
+            return t.Deleted(id=strawberry.ID(accounts.delete_account(info.context, id)))
+
+    @strawberry.mutation
+    def create_contact(self, info: Ctx, input: t.ContactInput) -> t.Contact:
+        with info.context.savepoint():
+            row = contacts.create_contact(info.context, dataclasses.asdict(input))
+        return t.Contact(row=row)
+
+    @strawberry.mutation
+    def update_contact(self, info: Ctx, id: strawberry.ID, input: t.ContactPatch) -> t.Contact:
+        with info.context.savepoint():
+            row = contacts.update_contact(info.context, id, _given(input))
+        return t.Contact(row=row)
+
+    @strawberry.mutation
+    def delete_contact(self, info: Ctx, id: strawberry.ID) -> t.Deleted:
+        with info.context.savepoint():
+            return t.Deleted(id=strawberry.ID(contacts.delete_contact(info.context, id)))
+
+    @strawberry.mutation
+    def grant_policy(self, info: Ctx, rule: t.PolicyRuleInput) -> t.PolicyChange:
+        with info.context.savepoint():
+            version = policies.grant(info.context, Rule(**dataclasses.asdict(rule)))
+        return t.PolicyChange(policy_version=version)
+
+    @strawberry.mutation
+    def revoke_policy(self, info: Ctx, rule: t.PolicyRuleInput) -> t.PolicyChange:
+        with info.context.savepoint():
+            version = policies.revoke(info.context, Rule(**dataclasses.asdict(rule)))
+        return t.PolicyChange(policy_version=version)
+
+    @strawberry.mutation
+    def create_client(self, info: Ctx, name: str, roles: list[str],
+                      team: str | None = None) -> t.IssuedClient:
+        with info.context.savepoint():
+            issued = clients.create_client(info.context, name=name, roles=roles, team=team)
+        return t.IssuedClient(client=_client(issued.client), client_secret=issued.secret)
+
+    @strawberry.mutation
+    def revoke_client(self, info: Ctx, id: str) -> t.ApiClient:
+        with info.context.savepoint():
+            return _client(clients.revoke_client(info.context, id))

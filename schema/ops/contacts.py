@@ -1,0 +1,132 @@
+"""Contacts: people. Their personal fields are sealed under a key of their own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy import select
+
+from schema.context import RequestContext
+from schema.ops import validation
+from schema.ops.records import Page, get_visible, page, require_create, visible_query
+from security.authz import READ, WRITE
+from security.classification import CONTACT
+from security.errors import BadUserInput
+from storage.ids import new_id
+from storage.models import Account, Contact, utcnow
+
+OBJECT = "contact"
+
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "first_name": lambda v: validation.text("firstName", v, max_length=100),
+    "last_name": lambda v: validation.text("lastName", v, max_length=100, required=True),
+    "title": lambda v: validation.text("title", v, max_length=200),
+    "account_id": lambda v: None if v is None else validation.record_id("accountId", v),
+    "email": lambda v: validation.email("email", v),
+    "phone": lambda v: validation.phone("phone", v),
+    "address": lambda v: validation.text("address", v, max_length=500),
+    "birth_date": lambda v: validation.past_date("birthDate", v),
+    "national_id": lambda v: validation.national_id("nationalId", v),
+    "notes": lambda v: validation.text("notes", v, max_length=10_000),
+}
+_SEALED = {f.name for f in CONTACT.sealed_fields}
+
+
+def _policy_field(name: str) -> str:
+    return "account" if name == "account_id" else name
+
+
+def _clean(data: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
+    unknown = set(data) - set(_CHECKS)
+    if unknown:
+        raise BadUserInput(f"unknown contact field(s): {', '.join(sorted(unknown))}")
+    if creating and "last_name" not in data:
+        data = {**data, "last_name": None}
+    return {name: _CHECKS[name](value) for name, value in data.items()}
+
+
+def _check_account(ctx: RequestContext, account_id: str | None) -> None:
+    if account_id is None:
+        return
+    account = ctx.session.get(Account, account_id)
+    if account is None or not ctx.guard.in_scope("account", account, READ):
+        raise BadUserInput(f"accountId {account_id} is not an account you can see",
+                           field="accountId")
+
+
+def list_contacts(ctx: RequestContext, *, first: int | None = None, after: str | None = None,
+                  account_id: str | None = None, owner: str | None = None,
+                  email: str | None = None, phone: str | None = None) -> Page[Contact]:
+    statement = visible_query(ctx, Contact, OBJECT)
+    if account_id is not None:
+        statement = statement.where(
+            Contact.account_id == validation.record_id("filter.accountId", account_id))
+    if owner is not None:
+        statement = statement.where(Contact.owner == owner)
+    if email is not None:
+        statement = statement.where(Contact.email_bidx == ctx.guard.search_index(
+            "email", validation.email("filter.email", email) or ""))
+    if phone is not None:
+        statement = statement.where(Contact.phone_bidx == ctx.guard.search_index(
+            "phone", validation.phone("filter.phone", phone) or ""))
+    result = page(ctx, statement, Contact, first=first, after=after)
+    ctx.guard.preload(result.items)
+    ctx.accounts.prime(c.account_id for c in result.items)
+    return result
+
+
+def get_contact(ctx: RequestContext, contact_id: str) -> Contact:
+    return get_visible(ctx, Contact, OBJECT, contact_id)
+
+
+def create_contact(ctx: RequestContext, data: Mapping[str, Any]) -> Contact:
+    values = _clean(data, creating=True)
+    require_create(ctx, OBJECT)
+    ctx.guard.check_writable(OBJECT, [_policy_field(n) for n, v in values.items()
+                                      if v is not None or n == "last_name"])
+    _check_account(ctx, values.get("account_id"))
+    contact = Contact(id=new_id(), owner=ctx.principal.id, team=ctx.principal.team,
+                      key_version=None,
+                      **{k: v for k, v in values.items() if k not in _SEALED})
+    ctx.guard.seal_fields(OBJECT, contact, {k: v for k, v in values.items() if k in _SEALED})
+    ctx.session.add(contact)
+    ctx.session.flush()
+    ctx.audit("contact.create", object_type=OBJECT, object_ids=[contact.id],
+              fields=[_policy_field(n) for n, v in values.items() if v is not None])
+    return contact
+
+
+def update_contact(ctx: RequestContext, contact_id: str, changes: Mapping[str, Any]) -> Contact:
+    values = _clean(changes, creating=False)
+    contact = get_visible(ctx, Contact, OBJECT, contact_id, WRITE)
+    ctx.guard.check_writable(OBJECT, [_policy_field(n) for n in values])
+    if "account_id" in values:
+        _check_account(ctx, values["account_id"])
+    for name, value in values.items():
+        if name not in _SEALED:
+            setattr(contact, name, value)
+    sealed = {k: v for k, v in values.items() if k in _SEALED}
+    if sealed:
+        ctx.guard.seal_fields(OBJECT, contact, sealed)
+    contact.updated_at = utcnow()
+    ctx.session.flush()
+    ctx.audit("contact.update", object_type=OBJECT, object_ids=[contact.id],
+              fields=[_policy_field(n) for n in values])
+    return contact
+
+
+def delete_contact(ctx: RequestContext, contact_id: str) -> str:
+    """Delete the contact and destroy its subject keys, so no copy of its fields opens again."""
+    contact = get_visible(ctx, Contact, OBJECT, contact_id, WRITE)
+    ctx.session.delete(contact)
+    ctx.guard.keyring.destroy_subject_keys(ctx.session, contact.id)
+    ctx.session.flush()
+    ctx.audit("contact.delete", object_type=OBJECT, object_ids=[contact.id],
+              fields=["subject_keys:destroyed"])
+    return contact.id
+
+
+def contacts_needing_reencryption(ctx: RequestContext, version: int, limit: int) -> list[Contact]:
+    return list(ctx.session.scalars(
+        select(Contact).where(Contact.key_version != version).order_by(Contact.id).limit(limit)))

@@ -1,0 +1,204 @@
+"""The running appliance: settings, database, keys, authoriser and token service, opened once.
+
+`initialise` makes a data folder usable (idempotent); `Appliance.open` loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from security import audit, keys
+from security.audit import AuditEntry
+from security.authz import POLICY_VERSION_KEY, Authoriser, PolicySnapshot, bump_policy_version
+from security.config import Settings
+from security.default_policy import default_rules
+from security.errors import ConfigurationError
+from security.kek import create_kek, load_kek, write_private_file
+from security.keys import KeyRing
+from security.passwords import hash_secret, new_client_secret
+from security.principal import Principal
+from security.tokens import TokenService
+from storage import migrate
+from storage.db import make_engine, make_session_factory
+from storage.ids import new_id
+from storage.models import ApiClient, PolicyRule, Setting
+
+KEYS_VERSION_KEY = "keys_version"
+APPLIANCE_ID_KEY = "appliance_id"
+BOOTSTRAP_CLIENT_NAME = "bootstrap-admin"
+
+SYSTEM = Principal(id="enclave", name="Enclave", roles=("system",), kind="system")
+
+
+class Appliance:
+    def __init__(self, settings: Settings, engine: Engine, kek: bytes) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.sessions: sessionmaker[Session] = make_session_factory(engine)
+        self._kek = kek
+        self.authoriser = Authoriser()
+        self._lock = threading.Lock()
+        self._keys_version = -1
+        self.keyring: KeyRing
+        self.tokens: TokenService
+        with self.sessions() as session:
+            self._load_keys(session, _setting_int(session, KEYS_VERSION_KEY))
+
+    @classmethod
+    def open(cls, settings: Settings) -> Appliance:
+        kek = load_kek(settings.kek_path, settings.key_passphrase, dev_mode=settings.dev_mode)
+        engine = make_engine(settings.resolved_database_url)
+        revision = migrate.current_revision(engine)
+        if revision != migrate.head_revision():
+            engine.dispose()
+            raise ConfigurationError(
+                f"the database is at migration {revision or 'none'}, expected "
+                f"{migrate.head_revision()}; run `enclave init`"
+            )
+        return cls(settings, engine, kek)
+
+    @property
+    def kek(self) -> bytes:
+        return self._kek
+
+    def _load_keys(self, session: Session, version: int) -> None:
+        keyring = KeyRing.load(session, self._kek)
+        self.keyring = keyring
+        self.tokens = TokenService(keyring, issuer=self.settings.resolved_issuer,
+                                   audience=self.settings.audience,
+                                   lifetime=self.settings.token_lifetime)
+        self._keys_version = version
+
+    def refresh(self, session: Session) -> PolicySnapshot:
+        """Pick up key and policy changes made by other processes; one small query."""
+        values = dict(session.execute(
+            select(Setting.key, Setting.value).where(
+                Setting.key.in_((KEYS_VERSION_KEY, POLICY_VERSION_KEY)))
+        ).all())
+        keys_version = int(values.get(KEYS_VERSION_KEY, 0))
+        if keys_version != self._keys_version:
+            with self._lock:
+                if keys_version != self._keys_version:
+                    self._load_keys(session, keys_version)
+        return self.authoriser.snapshot(session, int(values.get(POLICY_VERSION_KEY, 0)))
+
+    def append_audit(self, session: Session, entries: list[AuditEntry]) -> list[int]:
+        return audit.append(session, entries, keyring=self.keyring,
+                            checkpoint_every=self.settings.audit_checkpoint_every)
+
+    def ready(self) -> tuple[bool, dict[str, str]]:
+        checks: dict[str, str] = {}
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # readiness reports, it does not raise
+            checks["database"] = f"unavailable: {type(exc).__name__}"
+        try:
+            self.keyring.current_version(keys.FIELD)
+            checks["keys"] = "ok"
+        except Exception:
+            checks["keys"] = "unavailable"
+        return all(v == "ok" for v in checks.values()), checks
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _setting_int(session: Session, key: str) -> int:
+    setting = session.get(Setting, key)
+    return int(setting.value) if setting else 0
+
+
+def bump_setting(session: Session, key: str) -> int:
+    setting = session.get(Setting, key, with_for_update=True)
+    if setting is None:
+        setting = Setting(key=key, value="0")
+        session.add(setting)
+    setting.value = str(int(setting.value) + 1)
+    return int(setting.value)
+
+
+@dataclass(frozen=True)
+class InitResult:
+    created_kek: bool
+    bootstrap_client_id: str | None
+    bootstrap_secret: str | None
+
+
+def initialise(settings: Settings) -> InitResult:
+    """Make the data folder and database usable. Safe to run again: nothing is re-issued."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.data_dir, 0o700)
+    created_kek = not settings.kek_path.exists()
+    if created_kek:
+        kek = create_kek(settings.kek_path, settings.key_passphrase, dev_mode=settings.dev_mode)
+    else:
+        kek = load_kek(settings.kek_path, settings.key_passphrase, dev_mode=settings.dev_mode)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        migrate.upgrade(engine)
+        sessions = make_session_factory(engine)
+        with sessions() as session, session.begin():
+            created_keys = keys.ensure_data_keys(session, kek)
+            audit.ensure_head(session)
+            if session.get(Setting, APPLIANCE_ID_KEY) is None:
+                session.add(Setting(key=APPLIANCE_ID_KEY, value=new_id()))
+            for key in (KEYS_VERSION_KEY, POLICY_VERSION_KEY):
+                if session.get(Setting, key) is None:
+                    session.add(Setting(key=key, value="0"))
+            session.flush()
+            seeded = _seed_default_policy(session)
+            client_id, secret = _bootstrap_admin(session, settings)
+            keyring = KeyRing.load(session, kek)
+            entries = []
+            if created_keys or seeded:
+                entries.append(AuditEntry(
+                    actor=SYSTEM.actor, roles=SYSTEM.roles, action="appliance.init",
+                    fields=[f"key:{p}" for p in created_keys] + (["policy:defaults"] if seeded else []),
+                ))
+            if client_id:
+                entries.append(AuditEntry(actor=SYSTEM.actor, roles=SYSTEM.roles,
+                                          action="client.create", object_type="client",
+                                          object_ids=[client_id], fields=["role:admin"]))
+            audit.append(session, entries, keyring=keyring,
+                         checkpoint_every=settings.audit_checkpoint_every)
+        if secret is not None:
+            write_private_file(settings.bootstrap_credentials_path, json.dumps(
+                {"client_id": client_id, "client_secret": secret, "roles": ["admin"],
+                 "token_endpoint": f"{settings.resolved_issuer}/oauth/token"}, indent=2) + "\n")
+    finally:
+        engine.dispose()
+    return InitResult(created_kek, client_id, secret)
+
+
+def _seed_default_policy(session: Session) -> bool:
+    if _setting_int(session, POLICY_VERSION_KEY) > 0:
+        return False
+    for rule in default_rules():
+        session.add(PolicyRule(role=rule.role, object_type=rule.object_type, field=rule.field,
+                               action=rule.action))
+    bump_policy_version(session)
+    return True
+
+
+def _bootstrap_admin(session: Session, settings: Settings) -> tuple[str | None, str | None]:
+    """Issue the first admin client exactly once, and only into an empty appliance."""
+    if session.scalar(select(ApiClient.id).limit(1)) is not None:
+        return None, None
+    if settings.bootstrap_credentials_path.exists():
+        raise ConfigurationError(
+            f"{settings.bootstrap_credentials_path} exists but the database has no clients: "
+            "this data folder belongs to another database; move the file away to re-bootstrap"
+        )
+    client_id = f"c-{new_id()}"
+    secret = new_client_secret()
+    session.add(ApiClient(id=client_id, name=BOOTSTRAP_CLIENT_NAME, roles=["admin"], team=None,
+                          secret_hash=hash_secret(secret)))
+    return client_id, secret

@@ -1,0 +1,211 @@
+"""The tamper-evident audit log: a hash chain with signed checkpoints.
+
+Each entry stores the previous entry's hash and its own, SHA-256 over a canonical JSON encoding
+of every column. Every `checkpoint_every` entries, the appliance's Ed25519 key signs
+(sequence number, hash, time). `verify` walks the chain and names the first entry that no longer
+matches: an edited, deleted, inserted or reordered row breaks the chain at that row, and a chain
+rewritten from some row on no longer matches the next signed checkpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from security.keys import AUDIT_SIGNING, KeyRing
+from storage.models import AuditCheckpoint, AuditEvent, AuditHead
+
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    actor: str
+    roles: Sequence[str]
+    action: str
+    object_type: str | None = None
+    object_ids: Sequence[str] = ()
+    fields: Sequence[str] = ()
+    decision: str = "allow"
+    reason: str | None = None
+    request_id: str | None = None
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical(row: AuditEvent) -> bytes:
+    document = {
+        "seq": row.seq, "ts": row.ts, "actor": row.actor, "roles": json.loads(row.roles),
+        "action": row.action, "object_type": row.object_type,
+        "object_ids": json.loads(row.object_ids), "fields": json.loads(row.fields),
+        "decision": row.decision, "reason": row.reason, "request_id": row.request_id,
+        "prev_hash": row.prev_hash,
+    }
+    return _json(document).encode("utf-8")
+
+
+def entry_hash(row: AuditEvent) -> str:
+    return hashlib.sha256(canonical(row)).hexdigest()
+
+
+def _checkpoint_message(seq: int, hash_: str, ts: str) -> bytes:
+    return f"enclave-audit-checkpoint/v1\n{seq}\n{hash_}\n{ts}\n".encode()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+
+
+def ensure_head(session: Session) -> None:
+    if session.get(AuditHead, 1) is None:
+        session.add(AuditHead(id=1, seq=0, hash=GENESIS_HASH))
+        session.flush()
+
+
+def append(session: Session, entries: Iterable[AuditEntry], *, keyring: KeyRing,
+           checkpoint_every: int = 64) -> list[int]:
+    """Append entries in the caller's transaction; returns their sequence numbers."""
+    entries = list(entries)
+    if not entries:
+        return []
+    # The head row is the lock that keeps concurrent appenders in one order.
+    head = session.execute(
+        select(AuditHead).where(AuditHead.id == 1).with_for_update()
+    ).scalar_one()
+    first_seq = head.seq
+    prev_hash, seq = head.hash, head.seq
+    seqs = []
+    for entry in entries:
+        seq += 1
+        row = AuditEvent(
+            seq=seq, ts=_now(), actor=entry.actor, roles=_json(list(entry.roles)),
+            action=entry.action, object_type=entry.object_type,
+            object_ids=_json(list(entry.object_ids)), fields=_json(list(entry.fields)),
+            decision=entry.decision, reason=entry.reason, request_id=entry.request_id,
+            prev_hash=prev_hash, hash="",
+        )
+        row.hash = entry_hash(row)
+        session.add(row)
+        prev_hash = row.hash
+        seqs.append(seq)
+    head.seq, head.hash = seq, prev_hash
+    if seq // checkpoint_every > first_seq // checkpoint_every:
+        _sign_checkpoint(session, keyring, seq, prev_hash)
+    session.flush()
+    return seqs
+
+
+def _sign_checkpoint(session: Session, keyring: KeyRing, seq: int, hash_: str) -> AuditCheckpoint:
+    ts = _now()
+    version = keyring.current_version(AUDIT_SIGNING)
+    signature = keyring.signing_key(AUDIT_SIGNING, version).sign(_checkpoint_message(seq, hash_, ts))
+    checkpoint = AuditCheckpoint(seq=seq, hash=hash_, ts=ts, key_version=version,
+                                 signature=base64.b64encode(signature).decode())
+    session.add(checkpoint)
+    return checkpoint
+
+
+def checkpoint_now(session: Session, keyring: KeyRing) -> AuditCheckpoint | None:
+    """Sign the current head, unless it is already signed or the log is empty."""
+    head = session.execute(
+        select(AuditHead).where(AuditHead.id == 1).with_for_update()
+    ).scalar_one()
+    if head.seq == 0 or session.get(AuditCheckpoint, head.seq) is not None:
+        return None
+    return _sign_checkpoint(session, keyring, head.seq, head.hash)
+
+
+@dataclass
+class VerifyReport:
+    entries: int = 0
+    checkpoints: int = 0
+    first_bad_seq: int | None = None
+    problem: str | None = None
+    last_checkpoint: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.first_bad_seq is None
+
+
+def verify(session: Session, keyring: KeyRing) -> VerifyReport:
+    report = VerifyReport()
+    public_keys: dict[int, Ed25519PublicKey] = {
+        v: keyring.signing_key(AUDIT_SIGNING, v).public_key()
+        for v in keyring.versions(AUDIT_SIGNING)
+    }
+    checkpoints = {c.seq: c for c in session.scalars(select(AuditCheckpoint))}
+    good_checkpoint = 0
+
+    def fail(seq: int, problem: str) -> VerifyReport:
+        report.first_bad_seq, report.problem = seq, problem
+        return report
+
+    expected_seq, prev_hash = 1, GENESIS_HASH
+    rows = session.execute(select(AuditEvent).order_by(AuditEvent.seq).execution_options(
+        yield_per=1000)).scalars()
+    for row in rows:
+        if row.seq != expected_seq:
+            return fail(expected_seq, f"entry {expected_seq} is missing (next entry is {row.seq})")
+        if row.prev_hash != prev_hash:
+            return fail(row.seq, f"entry {row.seq} does not follow entry {row.seq - 1}")
+        if entry_hash(row) != row.hash:
+            return fail(row.seq, f"entry {row.seq} was altered (its hash no longer matches)")
+        checkpoint = checkpoints.get(row.seq)
+        if checkpoint is not None:
+            problem = _checkpoint_problem(checkpoint, row.hash, public_keys)
+            if problem:
+                # Everything after the last good checkpoint is no longer proven.
+                return fail(good_checkpoint + 1, problem)
+            good_checkpoint = row.seq
+            report.checkpoints += 1
+        prev_hash = row.hash
+        expected_seq += 1
+        report.entries += 1
+    last_seq = expected_seq - 1
+    beyond = [seq for seq in checkpoints if seq > last_seq]
+    if beyond:
+        return fail(last_seq + 1, f"the log ends at {last_seq} but a signed checkpoint "
+                                  f"covers entry {max(beyond)}: entries were removed")
+    head = session.get(AuditHead, 1)
+    if head is not None and (head.seq, head.hash) != (last_seq, prev_hash):
+        if head.seq > last_seq:
+            return fail(last_seq + 1, f"the log ends at {last_seq} but its head says {head.seq}")
+        return fail(head.seq + 1 if head.seq < last_seq else last_seq,
+                    "the log's head does not match its last entry")
+    report.last_checkpoint = good_checkpoint or None
+    if last_seq > good_checkpoint:
+        report.notes.append(
+            f"entries {good_checkpoint + 1}-{last_seq} are chained but not yet signed")
+    return report
+
+
+def _checkpoint_problem(checkpoint: AuditCheckpoint, chain_hash: str,
+                        public_keys: dict[int, Ed25519PublicKey]) -> str | None:
+    key = public_keys.get(checkpoint.key_version)
+    if key is None:
+        return f"checkpoint at {checkpoint.seq} names an unknown signing key"
+    try:
+        key.verify(base64.b64decode(checkpoint.signature),
+                   _checkpoint_message(checkpoint.seq, checkpoint.hash, checkpoint.ts))
+    except (InvalidSignature, ValueError):
+        return f"checkpoint at {checkpoint.seq} has a bad signature"
+    if checkpoint.hash != chain_hash:
+        return f"the chain up to entry {checkpoint.seq} differs from its signed checkpoint"
+    return None
+
+
+def count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(AuditEvent)) or 0

@@ -1,0 +1,106 @@
+"""Settings: immutable, validated when built, secrets hidden in repr."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from security.errors import ConfigurationError
+
+MAX_TOKEN_LIFETIME = 15 * 60
+
+
+class Secret:
+    """A string that never shows itself in repr, str or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    data_dir: Path
+    database_url: str | None = None
+    dev_mode: bool = False
+    key_passphrase: Secret | None = field(default=None)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    issuer: str | None = None
+    audience: str = "enclave-api"
+    token_lifetime: int = 600
+    audit_checkpoint_every: int = 64
+    max_body_bytes: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if not 60 <= self.token_lifetime <= MAX_TOKEN_LIFETIME:
+            raise ConfigurationError(
+                f"token lifetime must be between 60 and {MAX_TOKEN_LIFETIME} seconds, "
+                f"got {self.token_lifetime}"
+            )
+        if not 1 <= self.port <= 65535:
+            raise ConfigurationError(f"port must be 1-65535, got {self.port}")
+        if self.audit_checkpoint_every < 1:
+            raise ConfigurationError("audit_checkpoint_every must be at least 1")
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def kek_path(self) -> Path:
+        return self.keys_dir / "kek.json"
+
+    @property
+    def bootstrap_credentials_path(self) -> Path:
+        return self.data_dir / "bootstrap-credentials.json"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'enclave.db'}"
+
+    @property
+    def resolved_issuer(self) -> str:
+        return self.issuer or f"http://{self.host}:{self.port}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from ENCLAVE_* variables; keyword arguments win over the environment."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {
+            "data_dir": Path(env.get("ENCLAVE_DATA_DIR", "var")).absolute(),
+            "database_url": env.get("ENCLAVE_DATABASE_URL") or None,
+            "dev_mode": env.get("ENCLAVE_DEV_MODE", "") in ("1", "true", "yes"),
+            "issuer": env.get("ENCLAVE_ISSUER") or None,
+        }
+        passphrase = env.get("ENCLAVE_KEY_PASSPHRASE")
+        if passphrase:
+            values["key_passphrase"] = Secret(passphrase)
+        for name, key in (("port", "ENCLAVE_PORT"), ("token_lifetime", "ENCLAVE_TOKEN_LIFETIME")):
+            if env.get(key):
+                try:
+                    values[name] = int(env[key])
+                except ValueError:
+                    raise ConfigurationError(f"{key} must be a whole number") from None
+        if env.get("ENCLAVE_HOST"):
+            values["host"] = env["ENCLAVE_HOST"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values.get("data_dir"), str):
+            values["data_dir"] = Path(str(values["data_dir"])).absolute()
+        return cls(**values)  # type: ignore[arg-type]

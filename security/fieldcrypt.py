@@ -1,0 +1,86 @@
+"""The one field-encryption recipe. Only this module and `keys` touch cryptography's hazmat.
+
+A sealed field is::
+
+    0x01 | key version (4 bytes, big endian) | nonce (12 bytes) | AES-256-GCM ciphertext+tag
+
+The associated data binds the table, column, row id and key version, so a ciphertext copied to
+another row or column, or relabelled with another version, does not open. Every failure raises
+the same opaque `FieldDecryptionError`.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+FORMAT = 1
+_HEADER = struct.Struct(">BI")
+_NONCE_BYTES = 12
+KEY_BYTES = 32
+
+
+class FieldDecryptionError(Exception):
+    """A sealed field did not open: wrong key, wrong place, or altered bytes."""
+
+    def __init__(self) -> None:
+        super().__init__("sealed field failed authentication (moved, altered or key destroyed)")
+
+
+def _associated_data(table: str, column: str, row_id: str, key_version: int) -> bytes:
+    return b"\x00".join(
+        (b"enclave/field/v1", table.encode(), column.encode(), row_id.encode(),
+         str(key_version).encode())
+    )
+
+
+def seal(key: bytes, *, key_version: int, table: str, column: str, row_id: str,
+         plaintext: str) -> bytes:
+    nonce = os.urandom(_NONCE_BYTES)
+    aad = _associated_data(table, column, row_id, key_version)
+    body = AESGCM(key).encrypt(nonce, plaintext.encode("utf-8"), aad)
+    return _HEADER.pack(FORMAT, key_version) + nonce + body
+
+
+def key_version_of(blob: bytes) -> int:
+    if len(blob) < _HEADER.size + _NONCE_BYTES + 16 or blob[0] != FORMAT:
+        raise FieldDecryptionError()
+    return _HEADER.unpack_from(blob)[1]
+
+
+def open_sealed(key_for_version: Callable[[int], bytes | None], *, table: str, column: str,
+                row_id: str, blob: bytes) -> str:
+    version = key_version_of(blob)
+    key = key_for_version(version)
+    if key is None:
+        raise FieldDecryptionError()
+    nonce = blob[_HEADER.size:_HEADER.size + _NONCE_BYTES]
+    aad = _associated_data(table, column, row_id, version)
+    try:
+        plaintext = AESGCM(key).decrypt(nonce, blob[_HEADER.size + _NONCE_BYTES:], aad)
+    except InvalidTag:
+        raise FieldDecryptionError() from None
+    return plaintext.decode("utf-8")
+
+
+def wrap_key(wrapping_key: bytes, key: bytes, *, label: bytes) -> bytes:
+    """Wrap a key under another with AES-GCM; `label` names what the key is for and where."""
+    nonce = os.urandom(_NONCE_BYTES)
+    return nonce + AESGCM(wrapping_key).encrypt(nonce, key, b"enclave/wrap/v1\x00" + label)
+
+
+def unwrap_key(wrapping_key: bytes, wrapped: bytes, *, label: bytes) -> bytes:
+    try:
+        return AESGCM(wrapping_key).decrypt(
+            wrapped[:_NONCE_BYTES], wrapped[_NONCE_BYTES:], b"enclave/wrap/v1\x00" + label
+        )
+    except (InvalidTag, ValueError):
+        raise FieldDecryptionError() from None
+
+
+def new_key() -> bytes:
+    return AESGCM.generate_key(bit_length=256)

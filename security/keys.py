@@ -1,0 +1,172 @@
+"""Versioned data keys under the KEK, and per-data-subject keys under the field data key.
+
+Purposes:
+  field          wraps each data subject's own key; rotated by `enclave keys rotate`
+  blind_index    HMAC key for exact-match search
+  audit_signing  Ed25519 key that signs audit checkpoints
+  token_signing  Ed25519 key that signs access tokens
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from security.errors import ConfigurationError
+from security.fieldcrypt import new_key, unwrap_key, wrap_key
+from storage.models import DataKey, SubjectKey
+
+FIELD = "field"
+BLIND_INDEX = "blind_index"
+AUDIT_SIGNING = "audit_signing"
+TOKEN_SIGNING = "token_signing"
+PURPOSES = (FIELD, BLIND_INDEX, AUDIT_SIGNING, TOKEN_SIGNING)
+
+
+def _data_key_label(purpose: str, version: int) -> bytes:
+    return f"data-key\x00{purpose}\x00{version}".encode()
+
+
+def _subject_key_label(subject_id: str, version: int) -> bytes:
+    return f"subject-key\x00{subject_id}\x00{version}".encode()
+
+
+def _new_key_material(purpose: str) -> bytes:
+    if purpose in (AUDIT_SIGNING, TOKEN_SIGNING):
+        return Ed25519PrivateKey.generate().private_bytes(
+            Encoding.Raw, PrivateFormat.Raw, NoEncryption()
+        )
+    return new_key()
+
+
+class KeyRing:
+    """The unwrapped data keys, loaded once and reloaded when a version is added."""
+
+    def __init__(self, kek: bytes, keys: dict[tuple[str, int], bytes], retired: set[tuple[str, int]]):
+        self._kek = kek
+        self._keys = keys
+        self._retired = retired
+
+    @classmethod
+    def load(cls, session: Session, kek: bytes) -> KeyRing:
+        keys: dict[tuple[str, int], bytes] = {}
+        retired: set[tuple[str, int]] = set()
+        for row in session.scalars(select(DataKey)):
+            try:
+                keys[(row.purpose, row.version)] = unwrap_key(
+                    kek, row.wrapped, label=_data_key_label(row.purpose, row.version)
+                )
+            except Exception:
+                raise ConfigurationError(
+                    f"data key {row.purpose} v{row.version} does not open with this "
+                    "key-encryption key (wrong key file or passphrase?)"
+                ) from None
+            if row.retired_at is not None:
+                retired.add((row.purpose, row.version))
+        missing = [p for p in PURPOSES if not any(k[0] == p for k in keys)]
+        if missing:
+            raise ConfigurationError(f"data keys missing: {', '.join(missing)}; run `enclave init`")
+        return cls(kek, keys, retired)
+
+    @property
+    def fingerprint(self) -> tuple[tuple[str, int], ...]:
+        return tuple(sorted(self._keys))
+
+    def current_version(self, purpose: str) -> int:
+        return max(v for (p, v) in self._keys if p == purpose)
+
+    def versions(self, purpose: str) -> list[int]:
+        return sorted(v for (p, v) in self._keys if p == purpose)
+
+    def key(self, purpose: str, version: int | None = None) -> bytes | None:
+        if version is None:
+            version = self.current_version(purpose)
+        return self._keys.get((purpose, version))
+
+    def signing_key(self, purpose: str, version: int | None = None) -> Ed25519PrivateKey:
+        raw = self.key(purpose, version)
+        if raw is None:
+            raise ConfigurationError(f"no {purpose} key v{version}")
+        return Ed25519PrivateKey.from_private_bytes(raw)
+
+    # -- subject keys ---------------------------------------------------------------------
+
+    def unwrap_subject_key(self, subject_id: str, version: int, wrapped: bytes) -> bytes:
+        field_key = self.key(FIELD, version)
+        if field_key is None:
+            raise ConfigurationError(f"field key v{version} is gone")
+        return unwrap_key(field_key, wrapped, label=_subject_key_label(subject_id, version))
+
+    def load_subject_keys(self, session: Session,
+                          subject_ids: Iterable[str]) -> dict[tuple[str, int], bytes]:
+        ids = list(set(subject_ids))
+        found: dict[tuple[str, int], bytes] = {}
+        for start in range(0, len(ids), 500):
+            rows = session.execute(
+                select(SubjectKey.subject_id, SubjectKey.version, SubjectKey.wrapped)
+                .where(SubjectKey.subject_id.in_(ids[start:start + 500]))
+            )
+            for subject_id, version, wrapped in rows:
+                found[(subject_id, version)] = self.unwrap_subject_key(subject_id, version, wrapped)
+        return found
+
+    def create_subject_key(self, session: Session, subject_id: str) -> tuple[int, bytes]:
+        """Make the subject's key for the current field version (idempotent per version)."""
+        version = self.current_version(FIELD)
+        existing = session.get(SubjectKey, (subject_id, version))
+        if existing is not None:
+            return version, self.unwrap_subject_key(subject_id, version, existing.wrapped)
+        key = new_key()
+        session.add(SubjectKey(
+            subject_id=subject_id, version=version,
+            wrapped=wrap_key(self.key(FIELD, version) or b"", key,
+                             label=_subject_key_label(subject_id, version)),
+        ))
+        return version, key
+
+    @staticmethod
+    def destroy_subject_keys(session: Session, subject_id: str,
+                             *, except_version: int | None = None) -> None:
+        """Crypto-shred: without these rows the subject's sealed fields open nowhere."""
+        statement = delete(SubjectKey).where(SubjectKey.subject_id == subject_id)
+        if except_version is not None:
+            statement = statement.where(SubjectKey.version != except_version)
+        session.execute(statement)
+
+
+def add_data_key(session: Session, kek: bytes, purpose: str) -> int:
+    """Add the next version of `purpose`'s data key; returns the new version."""
+    current = session.scalar(select(func.max(DataKey.version)).where(DataKey.purpose == purpose))
+    version = (current or 0) + 1
+    session.add(DataKey(
+        purpose=purpose, version=version,
+        wrapped=wrap_key(kek, _new_key_material(purpose), label=_data_key_label(purpose, version)),
+    ))
+    return version
+
+
+def ensure_data_keys(session: Session, kek: bytes) -> list[str]:
+    """Create version 1 of every purpose that has no key yet; returns the purposes created."""
+    have = set(session.scalars(select(DataKey.purpose).distinct()))
+    created = [p for p in PURPOSES if p not in have]
+    for purpose in created:
+        add_data_key(session, kek, purpose)
+    return created
+
+
+def retire_unused_field_versions(session: Session) -> list[int]:
+    """Mark field key versions that no subject key uses any more as retired."""
+    current = session.scalar(select(func.max(DataKey.version)).where(DataKey.purpose == FIELD))
+    used = set(session.scalars(select(SubjectKey.version).distinct()))
+    retired = []
+    for row in session.scalars(select(DataKey).where(DataKey.purpose == FIELD,
+                                                     DataKey.retired_at.is_(None))):
+        if row.version != current and row.version not in used:
+            row.retired_at = dt.datetime.now(dt.UTC)
+            retired.append(row.version)
+    return retired

@@ -1,0 +1,1 @@
+"""Data layer: models, sealed columns, engines and units of work, migrations."""
