@@ -134,8 +134,8 @@ def create_app(appliance: Appliance) -> Starlette:
             form = dict(parse_qsl(raw.decode(), keep_blank_values=True, strict_parsing=False))
         except UnicodeDecodeError:
             return JSONResponse({"error": "invalid_request"}, status_code=400)
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        status, body, extra = await run_in_threadpool(token_response, appliance, form, headers,
+        status, body, extra = await run_in_threadpool(token_response, appliance, form,
+                                                      request.headers,
                                                       uuid.uuid4().hex)
         response = JSONResponse(body, status_code=status)
         for name, value in extra:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from authlib.oauth2.rfc6749 import AuthorizationServer, ClientMixin, OAuth2Request
@@ -58,7 +59,7 @@ class _Grant(ClientCredentialsGrant):  # type: ignore[misc]
 
 
 class _FormRequest(OAuth2Request):  # type: ignore[misc]
-    def __init__(self, uri: str, form: dict[str, str], headers: dict[str, str]) -> None:
+    def __init__(self, uri: str, form: dict[str, str], headers: Mapping[str, str]) -> None:
         super().__init__("POST", uri, headers=headers)
         self._form = form
         self.payload = BasicOAuth2Payload(form)
@@ -105,7 +106,7 @@ class TokenServer(AuthorizationServer):  # type: ignore[misc]
         pass
 
 
-def token_response(appliance: Appliance, form: dict[str, str], headers: dict[str, str],
+def token_response(appliance: Appliance, form: dict[str, str], headers: Mapping[str, str],
                    request_id: str) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
     """Answer one token request; TLS is terminated in front of the service, hence https."""
     with appliance.sessions() as session, session.begin():
@@ -124,7 +125,7 @@ def token_response(appliance: Appliance, form: dict[str, str], headers: dict[str
     return status, body, list(response_headers or [])
 
 
-def _claimed_client(form: dict[str, str], headers: dict[str, str]) -> str | None:
+def _claimed_client(form: dict[str, str], headers: Mapping[str, str]) -> str | None:
 
     auth = headers.get("authorization", "")
     if auth.lower().startswith("basic "):
