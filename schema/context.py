@@ -18,6 +18,7 @@ from security.audit import AuditEntry
 from security.authz import READ
 from security.guard import Guard
 from security.principal import Principal
+from security.unguarded import UnguardedGuard
 from storage.models import Account
 
 if TYPE_CHECKING:
@@ -58,7 +59,8 @@ class RequestContext:
         self.principal = principal
         self.request_id = request_id
         policy = appliance.refresh(session)
-        self.guard = Guard(principal=principal, policy=policy, keyring=appliance.keyring,
+        guard_class = UnguardedGuard if appliance.unguarded else Guard
+        self.guard = guard_class(principal=principal, policy=policy, keyring=appliance.keyring,
                            session=session, request_id=request_id)
         self.accounts = AccountLoader(self)
 

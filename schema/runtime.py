@@ -37,8 +37,11 @@ SYSTEM = Principal(id="enclave", name="Enclave", roles=("system",), kind="system
 
 
 class Appliance:
-    def __init__(self, settings: Settings, engine: Engine, kek: bytes) -> None:
+    def __init__(self, settings: Settings, engine: Engine, kek: bytes, *,
+                 unsafe_unguarded_for_benchmark: bool = False) -> None:
         self.settings = settings
+        #: Benchmark baseline only: no encryption, authorisation or audit (security.unguarded).
+        self.unguarded = unsafe_unguarded_for_benchmark
         self.engine = engine
         self.sessions: sessionmaker[Session] = make_session_factory(engine)
         self._kek = kek
@@ -51,7 +54,7 @@ class Appliance:
             self._load_keys(session, _setting_int(session, KEYS_VERSION_KEY))
 
     @classmethod
-    def open(cls, settings: Settings) -> Appliance:
+    def open(cls, settings: Settings, *, unsafe_unguarded_for_benchmark: bool = False) -> Appliance:
         kek = load_kek(settings.kek_path, settings.key_passphrase, dev_mode=settings.dev_mode)
         engine = make_engine(settings.resolved_database_url)
         revision = migrate.current_revision(engine)
@@ -61,7 +64,8 @@ class Appliance:
                 f"the database is at migration {revision or 'none'}, expected "
                 f"{migrate.head_revision()}; run `enclave init`"
             )
-        return cls(settings, engine, kek)
+        return cls(settings, engine, kek,
+                   unsafe_unguarded_for_benchmark=unsafe_unguarded_for_benchmark)
 
     @property
     def kek(self) -> bytes:
@@ -89,6 +93,8 @@ class Appliance:
         return self.authoriser.snapshot(session, int(values.get(POLICY_VERSION_KEY, 0)))
 
     def append_audit(self, session: Session, entries: list[AuditEntry]) -> list[int]:
+        if self.unguarded:
+            return []
         return audit.append(session, entries, keyring=self.keyring,
                             checkpoint_every=self.settings.audit_checkpoint_every)
 

@@ -50,13 +50,14 @@ class _Schema(strawberry.Schema):
 
 
 def _build(*, introspection: bool) -> strawberry.Schema:
+    # Factories, not instances: strawberry builds fresh extensions for every request.
     extensions: list[Any] = [
-        QueryDepthLimiter(max_depth=MAX_DEPTH),
-        MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
-        MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
     ]
     if not introspection:
-        extensions.append(DisableIntrospection())
+        extensions.append(DisableIntrospection)
     return _Schema(query=Query, mutation=Mutation, extensions=extensions,
                    config=StrawberryConfig(disable_field_suggestions=True))
 
