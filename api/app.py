@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from urllib.parse import parse_qsl
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -117,9 +117,8 @@ def create_app(appliance: Appliance) -> Starlette:
 
     def _run(principal: Principal, document: str, variables: dict[str, Any] | None,
              operation: str | None, request_id: str) -> dict[str, Any]:
-        with appliance.sessions() as session:
-            require_active_client(session, principal)
-        return execute(appliance, principal, document, variables, operation, request_id)
+        return execute(appliance, principal, document, variables, operation, request_id,
+                       admit=require_active_client)
 
     async def token(request: Request) -> Response:
         raw = await _read_limited(request, 16_384)
@@ -131,9 +130,13 @@ def create_app(appliance: Appliance) -> Starlette:
                                  "use application/x-www-form-urlencoded"}, status_code=400)
 
         try:
-            form = dict(parse_qsl(raw.decode(), keep_blank_values=True, strict_parsing=False))
+            pairs = parse_qsl(raw.decode(), keep_blank_values=True, strict_parsing=False)
         except UnicodeDecodeError:
             return JSONResponse({"error": "invalid_request"}, status_code=400)
+        form = dict(pairs)
+        if len(form) != len(pairs):  # RFC 6749 §3.2: parameters must not repeat
+            return JSONResponse({"error": "invalid_request", "error_description":
+                                 "a parameter is repeated"}, status_code=400)
         status, body, extra = await run_in_threadpool(token_response, appliance, form,
                                                       request.headers,
                                                       uuid.uuid4().hex)

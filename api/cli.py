@@ -153,7 +153,7 @@ def clients_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
     from schema.ops import clients
     appliance = _open()
     with unit_of_work(appliance, _operator("admin")) as ctx:
-        rows = [{"client_id": c.id, "name": c.name, "roles": c.roles, "team": c.team,
+        rows: list[dict[str, Any]] = [{"client_id": c.id, "name": c.name, "roles": c.roles, "team": c.team,
                  "created_at": c.created_at.isoformat(),
                  "revoked_at": c.revoked_at.isoformat() if c.revoked_at else None}
                 for c in clients.list_clients(ctx)]

@@ -112,9 +112,20 @@ def token_response(appliance: Appliance, form: dict[str, str], headers: Mapping[
     with appliance.sessions() as session, session.begin():
         server = TokenServer(appliance, session)
         request = _FormRequest("https://enclave.local/oauth/token", form, headers)
-        status, body, response_headers = server.create_token_response(request)
+        if "grant_type" not in form:
+            # RFC 6749 §5.2: a missing required parameter is an invalid request.
+            status, response_headers = 400, []
+            body = {"error": "invalid_request", "error_description": "grant_type is required"}
+        else:
+            status, body, response_headers = server.create_token_response(request)
         if isinstance(body, str):
             body = json.loads(body)
+        if body.get("error") == "invalid_client":
+            # One answer for an unknown, revoked or wrongly authenticated client, whichever
+            # method it used: the answer must not tell which client ids exist.
+            status, body = 401, {"error": "invalid_client",
+                                 "error_description": "client authentication failed"}
+            response_headers = [("WWW-Authenticate", 'Basic error="invalid_client"')]
         client_id = server.issued_to or _claimed_client(form, headers)
         entry = AuditEntry(
             actor=f"client:{client_id or 'unknown'}", roles=(), action="token.issue",

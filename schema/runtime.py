@@ -64,8 +64,12 @@ class Appliance:
                 f"the database is at migration {revision or 'none'}, expected "
                 f"{migrate.head_revision()}; run `enclave init`"
             )
-        return cls(settings, engine, kek,
-                   unsafe_unguarded_for_benchmark=unsafe_unguarded_for_benchmark)
+        try:
+            return cls(settings, engine, kek,
+                       unsafe_unguarded_for_benchmark=unsafe_unguarded_for_benchmark)
+        except BaseException:  # e.g. the data keys do not open: do not leak the pool
+            engine.dispose()
+            raise
 
     @property
     def kek(self) -> bytes:

@@ -12,16 +12,16 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.orm import Session
 
 from security.audit import AuditEntry
 from security.authz import READ, WRITE, Decision, PolicySnapshot
 from security.blindindex import blind_index
-from security.classification import OBJECTS, ObjectSpec, mask_value
+from security.classification import OBJECTS, FieldSpec, ObjectSpec, mask_value
 from security.errors import Forbidden
-from security.fieldcrypt import FieldDecryptionError, key_version_of, open_sealed, seal
+from security.fieldcrypt import FieldDecryptionError, open_sealed, seal
 from security.keys import BLIND_INDEX, KeyRing
 from security.principal import Principal
 from storage.sealed import Sealed
@@ -52,6 +52,14 @@ class _Reads:
     fields: dict[str, None] = field(default_factory=dict)
 
 
+class _ReadPlan(NamedTuple):
+    spec: ObjectSpec
+    fspec: FieldSpec
+    decision: Decision
+    attribute: str
+    audit_label: str | None
+
+
 class Guard:
     def __init__(self, *, principal: Principal, policy: PolicySnapshot, keyring: KeyRing,
                  session: Session, request_id: str | None = None) -> None:
@@ -64,6 +72,9 @@ class Guard:
         self._loaded_subjects: set[str] = set()
         self._reads: dict[str, _Reads] = {}
         self._refusals: dict[tuple[str, str], _Reads] = {}
+        # What reading each (object type, field) means under `self.policy`; see `_read_plan`.
+        self._plans: dict[tuple[str, str], _ReadPlan] = {}
+        self._plans_policy: PolicySnapshot | None = None
 
     # -- decisions --------------------------------------------------------------------------
 
@@ -105,37 +116,62 @@ class Guard:
 
     def reveal(self, object_type: str, record: Any, field_name: str) -> Any:
         """The value of one field for the caller: plain, masked, or a FORBIDDEN refusal."""
-        spec = OBJECTS[object_type]
-        fspec = spec.field(field_name)
-        decision = self.decision(object_type, field_name)
+        plan = (self._plans.get((object_type, field_name)) if self._plans_policy is self.policy
+                else None) or self._read_plan(object_type, field_name)
+        spec, fspec, decision, attribute, audit_label = plan
         if decision is Decision.DENY:
             reason = (f"no policy grants read on {object_type}.{field_name} "
                       f"({fspec.classification.value}) to {self._roles_text}")
             self.refuse(object_type, (record.id,), (field_name,), reason)
             raise FieldForbidden(reason, field=field_name)
-        value = getattr(record, field_name if field_name != "account" else "account_id")
+        value = getattr(record, attribute)
         if fspec.sealed and value is not None:
             value = self._open(spec, record, field_name, value)
-        if fspec.personal:
-            self._note_read(object_type, record.id,
-                            field_name if decision is Decision.ALLOW else f"{field_name}:masked")
+        if audit_label is not None:  # personal: noted for the audit log (cf. `_note_read`)
+            reads = self._reads.get(object_type)
+            if reads is None:
+                reads = self._reads[object_type] = _Reads()
+            reads.ids[record.id] = None
+            reads.fields[audit_label] = None
         if decision is Decision.MASK and value is not None:
             return mask_value(fspec.mask, str(value))
         return value
 
+    def _read_plan(self, object_type: str, field_name: str) -> _ReadPlan:
+        """Work out once per guard and policy snapshot what reading a field means: its specs,
+        the snapshot's decision (itself memoised per policy version), the attribute holding
+        it, and the label its reads are audited under (None for a non-personal field)."""
+        if self._plans_policy is not self.policy:
+            self._plans = {}
+            self._plans_policy = self.policy
+        spec = OBJECTS[object_type]
+        fspec = spec.field(field_name)
+        decision = self.decision(object_type, field_name)
+        audit_label = None
+        if fspec.personal:
+            audit_label = field_name if decision is Decision.ALLOW else f"{field_name}:masked"
+        plan = _ReadPlan(spec, fspec, decision,
+                         field_name if field_name != "account" else "account_id", audit_label)
+        self._plans[(object_type, field_name)] = plan
+        return plan
+
     def _open(self, spec: ObjectSpec, record: Any, field_name: str, sealed: Sealed) -> str:
-        if record.id not in self._loaded_subjects:
+        record_id = record.id
+        if record_id not in self._loaded_subjects:
             self.preload([record])
+        subject_keys = self._subject_keys
         try:
             return open_sealed(
-                lambda version: self._subject_keys.get((record.id, version)),
-                table=spec.table, column=field_name, row_id=record.id, blob=sealed.ciphertext,
+                lambda version: subject_keys.get((record_id, version)),
+                table=spec.table, column=field_name, row_id=record_id, blob=sealed.ciphertext,
             )
         except FieldDecryptionError:
             raise SealedFieldError(spec.name, record.id, field_name) from None
 
     def _note_read(self, object_type: str, record_id: str, field_name: str) -> None:
-        reads = self._reads.setdefault(object_type, _Reads())
+        reads = self._reads.get(object_type)
+        if reads is None:
+            reads = self._reads[object_type] = _Reads()
         reads.ids[record_id] = None
         reads.fields[field_name] = None
 

@@ -51,6 +51,7 @@ def create_kek(path: Path, passphrase: Secret | None, *, dev_mode: bool) -> byte
             "(only development mode may keep it unsealed)"
         )
     kek = new_key()
+    document: dict[str, object]
     if passphrase is None:
         document = {"format": _FORMAT, "sealing": "none", "key": _b64(kek)}
     else:
@@ -74,24 +75,35 @@ def load_kek(path: Path, passphrase: Secret | None, *, dev_mode: bool) -> bytes:
         raise ConfigurationError(f"cannot read the key-encryption key at {path}: {exc}") from None
     if path.stat().st_mode & 0o077:
         raise ConfigurationError(f"{path} is readable by others; run `chmod 600 {path}`")
-    if document.get("format") != _FORMAT:
+    if not isinstance(document, dict) or document.get("format") != _FORMAT:
         raise ConfigurationError(f"{path} is not an Enclave key file")
-    if document.get("sealing") == "none":
-        if not dev_mode:
-            raise ConfigurationError(
-                f"{path} holds an unsealed key-encryption key, allowed in development mode only"
-            )
-        return _unb64(document["key"])
-    if passphrase is None:
+    if document.get("sealing") not in ("none", "scrypt"):
+        raise ConfigurationError(f"{path} uses an unknown sealing {document.get('sealing')!r}")
+    if document.get("sealing") == "none" and not dev_mode:
+        raise ConfigurationError(
+            f"{path} holds an unsealed key-encryption key, allowed in development mode only"
+        )
+    if document.get("sealing") == "scrypt" and passphrase is None:
         raise ConfigurationError(
             "the key-encryption key is sealed: set ENCLAVE_KEY_PASSPHRASE to unseal it"
         )
-    sealing_key = _derive(
-        passphrase, _unb64(document["salt"]), document["n"], document["r"], document["p"]
-    )
     try:
-        return AESGCM(sealing_key).decrypt(
-            _unb64(document["nonce"]), _unb64(document["ciphertext"]), _AAD
-        )
+        if document["sealing"] == "none":
+            kek = _unb64(document["key"])
+        else:
+            assert passphrase is not None
+            sealing_key = _derive(
+                passphrase, _unb64(document["salt"]), document["n"], document["r"], document["p"]
+            )
+            kek = AESGCM(sealing_key).decrypt(
+                _unb64(document["nonce"]), _unb64(document["ciphertext"]), _AAD
+            )
     except InvalidTag:
         raise ConfigurationError("wrong ENCLAVE_KEY_PASSPHRASE for the key-encryption key") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # binascii.Error too
+        raise ConfigurationError(
+            f"{path} is damaged ({type(exc).__name__}); restore it from your key backup"
+        ) from None
+    if len(kek) != 32:
+        raise ConfigurationError(f"{path} is damaged (the key is not 32 bytes)")
+    return kek

@@ -35,7 +35,7 @@ class TokenService:
         self._version = keyring.current_version(TOKEN_SIGNING)
         self._signing = OKPKey.import_key(keyring.signing_key(TOKEN_SIGNING, self._version),
                                           {"kid": _kid(self._version)})
-        public = []
+        public: list[Any] = []
         for version in keyring.versions(TOKEN_SIGNING):
             private = keyring.signing_key(TOKEN_SIGNING, version)
             public.append(OKPKey.import_key(private.public_key(),
@@ -83,4 +83,4 @@ class TokenService:
         return claims
 
     def jwks(self) -> dict[str, Any]:
-        return self._public.as_dict(private=False)
+        return dict(self._public.as_dict(private=False))

@@ -8,14 +8,16 @@ server log).
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
 
 import strawberry
 from graphql import GraphQLError
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 from strawberry.extensions import (
     DisableIntrospection,
     MaxAliasesLimiter,
@@ -37,6 +39,10 @@ MAX_DEPTH = 8
 MAX_ALIASES = 15
 MAX_TOKENS = 2000
 _ATTEMPTS = 4
+# graphql-core appends "Did you mean 'x'?" to unknown arguments, types and input fields too
+# (strawberry's disable_field_suggestions only strips it from unknown output fields); with
+# introspection off for most callers, such hints would hand out the schema name by name.
+_SUGGESTION = re.compile(r"\s*Did you mean .*$", re.DOTALL)
 
 
 class _Schema(strawberry.Schema):
@@ -45,7 +51,7 @@ class _Schema(strawberry.Schema):
         for error in errors:
             original = error.original_error
             if original is not None and not getattr(original, "public", False) \
-                    and not isinstance(original, DBAPIError):
+                    and not isinstance(original, GraphQLError):
                 log.error("unexpected error", exc_info=original)
 
 
@@ -74,8 +80,10 @@ def sdl() -> str:
 def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
     original = error.original_error
     formatted: dict[str, Any] = {}
-    if original is None:
-        message = error.message
+    # A bad variable value arrives wrapping graphql-core's own GraphQLError: the caller's
+    # mistake, not an internal one.
+    if original is None or isinstance(original, GraphQLError):
+        message = _SUGGESTION.sub("", error.message)
         if message.startswith("Syntax Error"):
             code = "GRAPHQL_PARSE_FAILED"
         elif message.startswith("Variable '$"):
@@ -87,7 +95,7 @@ def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
         extensions = dict(getattr(original, "extensions", {}) or {})
         formatted = {"message": getattr(original, "message", str(original)),
                      "extensions": extensions}
-    elif isinstance(original, DBAPIError):
+    elif is_retryable(original):
         formatted = {"message": "The database is unavailable; try again",
                      "extensions": {"code": "UNAVAILABLE", "requestId": request_id}}
     else:
@@ -103,13 +111,18 @@ def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
 
 def execute(appliance: Appliance, principal: Principal, document: str,
             variables: Mapping[str, Any] | None, operation_name: str | None,
-            request_id: str) -> dict[str, Any]:
-    """Run the document; retry the whole unit after a lost connection or a read-only primary."""
+            request_id: str, *, admit: Callable[[Session, Principal], None] | None = None,
+            ) -> dict[str, Any]:
+    """Run the document; retry the whole unit after a lost connection or a read-only primary.
+
+    `admit` runs first in the same unit of work (the API checks the client is not revoked)."""
     schema = schema_for(introspection="admin" in principal.roles)
     delay = 0.05
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             with unit_of_work(appliance, principal, request_id) as ctx:
+                if admit is not None:
+                    admit(ctx.session, principal)
                 result = schema.execute_sync(document, variable_values=dict(variables or {}),
                                              context_value=ctx, operation_name=operation_name)
                 retryable = [e for e in (result.errors or [])

@@ -57,6 +57,8 @@ def _audit_event(row: Any) -> t.AuditEvent:
         request_id=row.request_id, prev_hash=row.prev_hash, hash=row.hash)
 
 
+# Root fields are nullable on purpose: a refused or failed field comes back null with its error,
+# and the rest of the answer (including earlier mutations' results) still arrives.
 @strawberry.type
 class Query:
     @strawberry.field
@@ -66,16 +68,16 @@ class Query:
 
     @strawberry.field
     def accounts(self, info: Ctx, first: int | None = 20,
-                 after: str | None = None) -> t.AccountConnection:
+                 after: str | None = None) -> t.AccountConnection | None:
         return _account_connection(accounts.list_accounts(info.context, first=first, after=after))
 
     @strawberry.field
-    def account(self, info: Ctx, id: strawberry.ID) -> t.Account:
+    def account(self, info: Ctx, id: strawberry.ID) -> t.Account | None:
         return t.Account(row=accounts.get_account(info.context, id))
 
     @strawberry.field
     def contacts(self, info: Ctx, first: int | None = 20, after: str | None = None,
-                 filter: t.ContactFilter | None = None) -> t.ContactConnection:
+                 filter: t.ContactFilter | None = None) -> t.ContactConnection | None:
         f = filter or t.ContactFilter()
         page = contacts.list_contacts(info.context, first=first, after=after,
                                       account_id=f.account_id, owner=f.owner, email=f.email,
@@ -83,12 +85,12 @@ class Query:
         return _contact_connection(page)
 
     @strawberry.field
-    def contact(self, info: Ctx, id: strawberry.ID) -> t.Contact:
+    def contact(self, info: Ctx, id: strawberry.ID) -> t.Contact | None:
         return t.Contact(row=contacts.get_contact(info.context, id))
 
     @strawberry.field(description="The audit log, oldest first. security_officer only.")
     def audit_events(self, info: Ctx, first: int | None = 50, after: str | None = None,
-                     filter: t.AuditEventFilter | None = None) -> t.AuditEventConnection:
+                     filter: t.AuditEventFilter | None = None) -> t.AuditEventConnection | None:
         f = filter or t.AuditEventFilter()
         page = audit_log.list_events(info.context, first=first, after=after,
                                      filter=audit_log.AuditFilter(**dataclasses.asdict(f)))
@@ -100,71 +102,71 @@ class Query:
             end_cursor=edges[-1].cursor if edges else None))
 
     @strawberry.field
-    def policies(self, info: Ctx) -> list[t.PolicyRule]:
+    def policies(self, info: Ctx) -> list[t.PolicyRule] | None:
         return [t.PolicyRule(role=r.role, object_type=r.object_type, field=r.field,
                              action=r.action) for r in policies.list_rules(info.context)]
 
     @strawberry.field
-    def clients(self, info: Ctx) -> list[t.ApiClient]:
+    def clients(self, info: Ctx) -> list[t.ApiClient] | None:
         return [_client(row) for row in clients.list_clients(info.context)]
 
 
 @strawberry.type
 class Mutation:
     @strawberry.mutation
-    def create_account(self, info: Ctx, input: t.AccountInput) -> t.Account:
+    def create_account(self, info: Ctx, input: t.AccountInput) -> t.Account | None:
         with info.context.savepoint():
             row = accounts.create_account(info.context, dataclasses.asdict(input))
         return t.Account(row=row)
 
     @strawberry.mutation
-    def update_account(self, info: Ctx, id: strawberry.ID, input: t.AccountPatch) -> t.Account:
+    def update_account(self, info: Ctx, id: strawberry.ID, input: t.AccountPatch) -> t.Account | None:
         with info.context.savepoint():
             row = accounts.update_account(info.context, id, _given(input))
         return t.Account(row=row)
 
     @strawberry.mutation
-    def delete_account(self, info: Ctx, id: strawberry.ID) -> t.Deleted:
+    def delete_account(self, info: Ctx, id: strawberry.ID) -> t.Deleted | None:
         with info.context.savepoint():
             return t.Deleted(id=strawberry.ID(accounts.delete_account(info.context, id)))
 
     @strawberry.mutation
-    def create_contact(self, info: Ctx, input: t.ContactInput) -> t.Contact:
+    def create_contact(self, info: Ctx, input: t.ContactInput) -> t.Contact | None:
         with info.context.savepoint():
             row = contacts.create_contact(info.context, dataclasses.asdict(input))
         return t.Contact(row=row)
 
     @strawberry.mutation
-    def update_contact(self, info: Ctx, id: strawberry.ID, input: t.ContactPatch) -> t.Contact:
+    def update_contact(self, info: Ctx, id: strawberry.ID, input: t.ContactPatch) -> t.Contact | None:
         with info.context.savepoint():
             row = contacts.update_contact(info.context, id, _given(input))
         return t.Contact(row=row)
 
     @strawberry.mutation
-    def delete_contact(self, info: Ctx, id: strawberry.ID) -> t.Deleted:
+    def delete_contact(self, info: Ctx, id: strawberry.ID) -> t.Deleted | None:
         with info.context.savepoint():
             return t.Deleted(id=strawberry.ID(contacts.delete_contact(info.context, id)))
 
     @strawberry.mutation
-    def grant_policy(self, info: Ctx, rule: t.PolicyRuleInput) -> t.PolicyChange:
+    def grant_policy(self, info: Ctx, rule: t.PolicyRuleInput) -> t.PolicyChange | None:
         with info.context.savepoint():
             version = policies.grant(info.context, Rule(**dataclasses.asdict(rule)))
         return t.PolicyChange(policy_version=version)
 
     @strawberry.mutation
-    def revoke_policy(self, info: Ctx, rule: t.PolicyRuleInput) -> t.PolicyChange:
+    def revoke_policy(self, info: Ctx, rule: t.PolicyRuleInput) -> t.PolicyChange | None:
         with info.context.savepoint():
             version = policies.revoke(info.context, Rule(**dataclasses.asdict(rule)))
         return t.PolicyChange(policy_version=version)
 
     @strawberry.mutation
     def create_client(self, info: Ctx, name: str, roles: list[str],
-                      team: str | None = None) -> t.IssuedClient:
+                      team: str | None = None) -> t.IssuedClient | None:
         with info.context.savepoint():
             issued = clients.create_client(info.context, name=name, roles=roles, team=team)
         return t.IssuedClient(client=_client(issued.client), client_secret=issued.secret)
 
     @strawberry.mutation
-    def revoke_client(self, info: Ctx, id: str) -> t.ApiClient:
+    def revoke_client(self, info: Ctx, id: str) -> t.ApiClient | None:
         with info.context.savepoint():
             return _client(clients.revoke_client(info.context, id))

@@ -10,9 +10,9 @@ from sqlalchemy import select
 from schema.context import RequestContext
 from schema.ops import validation
 from schema.ops.records import Page, get_visible, page, require_create, visible_query
-from security.authz import READ, WRITE
+from security.authz import READ, WRITE, Decision
 from security.classification import CONTACT
-from security.errors import BadUserInput
+from security.errors import BadUserInput, Forbidden
 from storage.ids import new_id
 from storage.models import Account, Contact, utcnow
 
@@ -55,10 +55,24 @@ def _check_account(ctx: RequestContext, account_id: str | None) -> None:
                            field="accountId")
 
 
+def _check_searchable(ctx: RequestContext, field_names: list[str]) -> None:
+    """A filter on a field the caller may not read would answer questions about its value."""
+    denied = [name for name in field_names
+              if ctx.guard.decision(OBJECT, name, READ) is Decision.DENY]
+    if denied:
+        reason = (f"no policy grants read on {OBJECT}.{', '.join(denied)} to "
+                  f"{', '.join(ctx.principal.roles) or 'no role'}, so it cannot be searched")
+        ctx.guard.refuse(OBJECT, (), denied, reason)
+        raise Forbidden(reason, fields=denied)
+
+
 def list_contacts(ctx: RequestContext, *, first: int | None = None, after: str | None = None,
                   account_id: str | None = None, owner: str | None = None,
                   email: str | None = None, phone: str | None = None) -> Page[Contact]:
     statement = visible_query(ctx, Contact, OBJECT)
+    _check_searchable(ctx, [name for name, value in (("account", account_id), ("owner", owner),
+                                                     ("email", email), ("phone", phone))
+                            if value is not None])
     if account_id is not None:
         statement = statement.where(
             Contact.account_id == validation.record_id("filter.accountId", account_id))

@@ -1,0 +1,577 @@
+"""Attacks on the audit log: what gets recorded, who may read it, and tampering with it.
+
+Tampering is done the way an attacker with database superuser rights would: the append-only
+triggers refuse a plain UPDATE or DELETE, so they are bypassed (SQLite: dropped; PostgreSQL:
+`session_replication_role = replica` or `ALTER TABLE ... DISABLE TRIGGER ALL`), the rows are
+changed, and `security.audit.verify` must name the first entry that no longer matches.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import Connection, func, select, text
+from sqlalchemy.exc import DBAPIError
+
+from schema.context import RequestContext, unit_of_work
+from schema.ops import audit_log
+from schema.ops import contacts as contact_ops
+from schema.runtime import Appliance
+from security import audit
+from security.errors import Forbidden
+from security.principal import Principal
+from storage.models import AuditEvent, Contact
+
+TEAM = "east"
+
+
+def principal(*roles: str, team: str | None = None, id: str = "audit-tester") -> Principal:
+    return Principal(id=id, name=id, roles=roles, team=team, kind="operator")
+
+
+def seed_contacts(appliance: Appliance, n: int, *, team: str = TEAM,
+                  prefix: str = "Seed") -> list[str]:
+    """n contacts, each created in its own unit of work (one audit entry each)."""
+    ids = []
+    for i in range(n):
+        with unit_of_work(appliance, principal("sales_manager", team=team, id=f"mgr-{team}")) \
+                as ctx:
+            row = contact_ops.create_contact(ctx, {
+                "last_name": f"{prefix}{i}", "email": f"{prefix.lower()}{i}@example.com",
+                "phone": f"+1 555 01{i:02d}", "national_id": f"NI-{prefix}-{i}"})
+            ids.append(row.id)
+    return ids
+
+
+def events(appliance: Appliance, after: int = 0) -> list[AuditEvent]:
+    with appliance.sessions() as session:
+        return list(session.scalars(
+            select(AuditEvent).where(AuditEvent.seq > after).order_by(AuditEvent.seq)))
+
+
+def last_seq(appliance: Appliance) -> int:
+    with appliance.sessions() as session:
+        return int(session.scalar(select(func.max(AuditEvent.seq))) or 0)
+
+
+def verify(appliance: Appliance) -> audit.VerifyReport:
+    with appliance.sessions() as session:
+        return audit.verify(session, appliance.keyring)
+
+
+def gql_raw(caller_: Any, query: str, variables: dict[str, Any] | None = None) -> tuple[
+        dict[str, Any], str]:
+    response = caller_.http.post("/graphql", json={"query": query, "variables": variables or {}},
+                                 headers={"Authorization": f"Bearer {caller_.token}"})
+    assert response.status_code == 200, response.text
+    return response.json(), response.headers["x-request-id"]
+
+
+def no_data(body: dict[str, Any]) -> bool:
+    """Nothing came back: `data` is null, or (nullable root fields) every root field is."""
+    data = body.get("data")
+    return data is None or all(value is None for value in data.values())
+
+
+def codes(body: dict[str, Any]) -> list[str]:
+    return [e["extensions"]["code"] for e in body.get("errors") or []]
+
+
+# -- 1. what gets recorded ---------------------------------------------------------------------
+
+def test_a_list_read_is_one_entry_naming_every_record(appliance: Appliance, caller: Any) -> None:
+    east = seed_contacts(appliance, 5)
+    seed_contacts(appliance, 2, team="west", prefix="West")
+    manager = caller("sales_manager", team=TEAM)
+    query = "{ contacts(first: 50) { edges { node { id email phone } } } }"
+
+    for _ in range(2):  # one entry per request, every time
+        before = last_seq(appliance)
+        body, request_id = gql_raw(manager, query)
+        assert "errors" not in body, body
+        nodes = [e["node"] for e in body["data"]["contacts"]["edges"]]
+        assert sorted(n["id"] for n in nodes) == sorted(east)
+        new = events(appliance, before)
+        assert len(new) == 1, [(e.action, e.object_ids) for e in new]
+        entry = new[0]
+        assert entry.action == "contact.read" and entry.object_type == "contact"
+        assert entry.decision == "allow" and entry.reason is None
+        ids = json.loads(entry.object_ids)
+        assert len(ids) == 5 and set(ids) == set(east)
+        assert sorted(json.loads(entry.fields)) == ["email", "phone"]
+        assert entry.actor == f"client:{manager.client_id}"
+        assert json.loads(entry.roles) == ["sales_manager"]
+        assert entry.request_id == request_id
+        # The log records who read what, never the values read.
+        row_text = json.dumps([entry.object_ids, entry.fields, entry.reason])
+        assert not any(n["email"] in row_text or n["phone"] in row_text for n in nodes)
+
+    # A read that touches no personal field (ids only) writes nothing.
+    before = last_seq(appliance)
+    body, _ = gql_raw(manager, "{ contacts(first: 50) { edges { node { id title } } } }")
+    assert "errors" not in body
+    assert events(appliance, before) == []
+
+
+def test_a_refused_field_is_audited_as_a_denial(appliance: Appliance, caller: Any) -> None:
+    east = seed_contacts(appliance, 3)
+    rep = caller("sales_rep", team=TEAM)
+    before = last_seq(appliance)
+    body, request_id = gql_raw(rep, "{ contacts { edges { node { id lastName nationalId } } } }")
+    assert {tuple(e["path"][-1:]) for e in body["errors"]} == {("nationalId",)}
+    assert codes(body) == ["FORBIDDEN"] * 3
+    new = events(appliance, before)
+    by_action = {e.action: e for e in new}
+    assert sorted(by_action) == ["contact.read", "contact.refused"], [e.action for e in new]
+    read, refused = by_action["contact.read"], by_action["contact.refused"]
+    assert json.loads(read.fields) == ["last_name"]
+    assert set(json.loads(read.object_ids)) == set(east)
+    assert refused.decision == "deny"
+    assert refused.reason and "national_id" in refused.reason
+    assert json.loads(refused.fields) == ["national_id"]
+    assert set(json.loads(refused.object_ids)) == set(east)
+    assert {read.request_id, refused.request_id} == {request_id}
+    assert refused.actor == f"client:{rep.client_id}"
+
+
+CREATE = "mutation($input: ContactInput!) { createContact(input: $input) { id } }"
+UPDATE = ("mutation($id: ID!, $input: ContactPatch!) "
+          "{ updateContact(id: $id, input: $input) { id } }")
+DELETE = "mutation($id: ID!) { deleteContact(id: $id) { id } }"
+
+
+def test_every_write_is_one_entry(appliance: Appliance, caller: Any) -> None:
+    manager = caller("sales_manager", team=TEAM)
+    actor = f"client:{manager.client_id}"
+
+    def one_entry(query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], AuditEvent]:
+        before = last_seq(appliance)
+        body, request_id = gql_raw(manager, query, variables)
+        assert "errors" not in body, body
+        new = events(appliance, before)
+        assert len(new) == 1, [e.action for e in new]
+        assert new[0].actor == actor and new[0].request_id == request_id
+        return body, new[0]
+
+    body, created = one_entry(CREATE, {"input": {"lastName": "Writer",
+                                                 "email": "writer@example.com"}})
+    contact_id = body["data"]["createContact"]["id"]
+    assert created.action == "contact.create"
+    assert json.loads(created.object_ids) == [contact_id]
+    assert sorted(json.loads(created.fields)) == ["email", "last_name"]
+    assert "writer@example.com" not in created.fields
+
+    _, updated = one_entry(UPDATE, {"id": contact_id, "input": {"title": "Boss"}})
+    assert updated.action == "contact.update"
+    assert (json.loads(updated.object_ids), json.loads(updated.fields)) == ([contact_id],
+                                                                            ["title"])
+    _, deleted = one_entry(DELETE, {"id": contact_id})
+    assert deleted.action == "contact.delete"
+    assert json.loads(deleted.object_ids) == [contact_id]
+    assert verify(appliance).ok
+
+
+def test_a_write_and_its_entry_commit_or_fail_together(appliance: Appliance, caller: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    manager = caller("sales_manager", team=TEAM)
+
+    def contact_count() -> int:
+        with appliance.sessions() as session:
+            return int(session.scalar(select(func.count()).select_from(Contact)) or 0)
+
+    start_contacts = contact_count()
+
+    # (a) The entry cannot be written: the contact is not written either.
+    real_append = audit.append
+
+    def failing_append(session: Any, entries: Any, **kwargs: Any) -> list[int]:
+        entries = list(entries)
+        if any(e.action == "contact.create" for e in entries):
+            raise RuntimeError("audit storage failed")
+        return real_append(session, entries, **kwargs)
+
+    monkeypatch.setattr(audit, "append", failing_append)
+    before = last_seq(appliance)
+    body, _ = gql_raw(manager, CREATE, {"input": {"lastName": "Ghost"}})
+    assert codes(body) == ["INTERNAL"], body
+    assert contact_count() == start_contacts
+    assert not [e for e in events(appliance, before) if e.action == "contact.create"]
+    monkeypatch.setattr(audit, "append", real_append)
+
+    # (b) The write fails after its entry was appended: the entry goes with it, and the chain
+    # (head included) stays whole for the next writer.
+    real_audit = RequestContext.audit
+
+    def audit_then_fail(self: RequestContext, action: str, **kwargs: Any) -> None:
+        real_audit(self, action, **kwargs)
+        if action == "contact.create":
+            raise RuntimeError("constraint failed after the entry was written")
+
+    # Make the doomed entry land exactly on a checkpoint boundary (checkpoint_every is 8), so
+    # the rolled-back savepoint also holds a freshly signed checkpoint.
+    padding = (7 - last_seq(appliance)) % 8
+    seed_contacts(appliance, padding, prefix="Pad")
+    start_contacts += padding
+    boundary = last_seq(appliance) + 1
+    assert boundary % 8 == 0
+
+    def checkpoint_seqs() -> list[int]:
+        with appliance.sessions() as session:
+            return list(session.scalars(select(audit.AuditCheckpoint.seq)))
+
+    monkeypatch.setattr(RequestContext, "audit", audit_then_fail)
+    for i in range(2):
+        body, _ = gql_raw(manager, CREATE, {"input": {"lastName": f"Phantom{i}"}})
+        assert codes(body) == ["INTERNAL"], body
+    assert contact_count() == start_contacts
+    assert last_seq(appliance) == boundary - 1
+    assert boundary not in checkpoint_seqs()
+    monkeypatch.setattr(RequestContext, "audit", real_audit)
+    report = verify(appliance)
+    assert report.ok, report
+
+    # And a write that succeeds carries its entry (and the checkpoint at the boundary).
+    before = last_seq(appliance)
+    body, _ = gql_raw(manager, CREATE, {"input": {"lastName": "Real"}})
+    assert "errors" not in body, body
+    new = events(appliance, before)
+    assert [(e.seq, e.action) for e in new] == [(boundary, "contact.create")]
+    assert boundary in checkpoint_seqs()
+    assert contact_count() == start_contacts + 1
+    report = verify(appliance)
+    assert report.ok and report.last_checkpoint == boundary, report
+
+
+# -- 2. reading the log over GraphQL -----------------------------------------------------------
+
+AUDIT_QUERY = """
+query($first: Int, $after: String, $filter: AuditEventFilter) {
+  auditEvents(first: $first, after: $after, filter: $filter) {
+    edges { cursor node { seq action actor decision reason objectIds fields hash prevHash } }
+    pageInfo { hasNextPage endCursor }
+  }
+}
+"""
+
+
+def test_audit_events_are_for_security_officers_only(appliance: Appliance, caller: Any) -> None:
+    seed_contacts(appliance, 4)
+    officer = caller("security_officer")
+    for intruder in (caller("sales_manager", team=TEAM), caller("admin"),
+                     caller("support_agent", team=TEAM)):
+        body, _ = gql_raw(intruder, AUDIT_QUERY, {"first": 5})
+        assert codes(body) == ["FORBIDDEN"], body
+        assert no_data(body)
+        refusal = events(appliance, last_seq(appliance) - 1)[0]
+        assert (refusal.action, refusal.decision, refusal.actor) == (
+            "audit.refused", "deny", f"client:{intruder.client_id}")
+        # ...nor through the verification operation.
+        with unit_of_work(appliance, principal(*intruder.roles)) as ctx, \
+                pytest.raises(Forbidden):
+            audit_log.verify(ctx)
+
+    # Paging: three at a time, following endCursor, covers the whole log once, in order.
+    known = last_seq(appliance)
+    seen: list[int] = []
+    after = None
+    pages = 0
+    while True:
+        body, _ = gql_raw(officer, AUDIT_QUERY, {"first": 3, "after": after})
+        assert "errors" not in body, body
+        connection = body["data"]["auditEvents"]
+        batch = [e["node"]["seq"] for e in connection["edges"]]
+        assert len(batch) <= 3
+        seen += batch
+        pages += 1
+        if not connection["pageInfo"]["hasNextPage"]:
+            break
+        assert len(batch) == 3
+        after = connection["pageInfo"]["endCursor"]
+        assert after == connection["edges"][-1]["cursor"]
+    assert pages >= 3
+    assert seen == list(range(1, len(seen) + 1)) and seen[-1] >= known
+    stored = {e.seq: e for e in events(appliance)}
+    assert seen == sorted(s for s in stored if s <= seen[-1])
+    # The nodes are the stored rows.
+    body, _ = gql_raw(officer, AUDIT_QUERY, {"first": 2})
+    for edge in body["data"]["auditEvents"]["edges"]:
+        node, row = edge["node"], stored[edge["node"]["seq"]]
+        assert (node["action"], node["hash"], node["prevHash"]) == (row.action, row.hash,
+                                                                    row.prev_hash)
+
+    # Filters.
+    for flt, expected in (
+        ({"action": "contact.create"}, [e.seq for e in stored.values()
+                                        if e.action == "contact.create"]),
+        ({"decision": "deny"}, [e.seq for e in stored.values() if e.decision == "deny"]),
+        ({"action": "audit.refused", "actor": f"client:{officer.client_id}"}, []),
+    ):
+        body, _ = gql_raw(officer, AUDIT_QUERY, {"first": 100, "filter": flt})
+        assert "errors" not in body, body
+        nodes = [e["node"] for e in body["data"]["auditEvents"]["edges"]]
+        assert [n["seq"] for n in nodes] == sorted(expected), flt
+        for key, value in flt.items():
+            assert all(n[key] == value for n in nodes)
+    assert len([s for s in stored.values() if s.action == "contact.create"]) == 4
+    assert len([s for s in stored.values() if s.decision == "deny"]) >= 3
+    contact_id = json.loads(next(e for e in stored.values()
+                                 if e.action == "contact.create").object_ids)[0]
+    body, _ = gql_raw(officer, AUDIT_QUERY, {"filter": {"objectId": contact_id}})
+    assert [e["node"]["action"] for e in body["data"]["auditEvents"]["edges"]] == \
+        ["contact.create"]
+
+    # A cursor that was not given out is refused.
+    body, _ = gql_raw(officer, AUDIT_QUERY, {"after": "bm9wZQ=="})
+    assert codes(body) == ["BAD_USER_INPUT"], body
+
+    # The officer may verify the log; it is intact.
+    with unit_of_work(appliance, principal("security_officer")) as ctx:
+        report = audit_log.verify(ctx)
+    assert report.ok and report.entries == last_seq(appliance)
+
+
+# -- 3. tampering --------------------------------------------------------------------------------
+
+AUDIT_TABLES = ("audit_events", "audit_checkpoints", "audit_head")
+
+
+def dump(appliance: Appliance) -> dict[str, list[dict[str, Any]]]:
+    with appliance.engine.connect() as conn:
+        order = {"audit_events": "seq", "audit_checkpoints": "seq", "audit_head": "id"}
+        return {t: [dict(r) for r in conn.execute(text(
+            f"SELECT * FROM {t} ORDER BY {order[t]}")).mappings()] for t in AUDIT_TABLES}
+
+
+@contextmanager
+def as_superuser(appliance: Appliance, method: str) -> Iterator[Connection]:
+    """A transaction in which the append-only triggers no longer fire."""
+    with appliance.engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            triggers = conn.execute(text(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+                "AND tbl_name IN ('audit_events', 'audit_checkpoints')")).all()
+            assert {name for name, _ in triggers} >= {"audit_events_no_update",
+                                                      "audit_events_no_delete"}
+            for name, _ in triggers:
+                conn.execute(text(f"DROP TRIGGER {name}"))
+            yield conn
+            for _, sql in triggers:  # put them back, for the next attack
+                conn.execute(text(sql))
+        elif method == "replica":
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
+            yield conn
+        else:
+            for table in ("audit_events", "audit_checkpoints"):
+                conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER ALL"))
+            yield conn
+            for table in ("audit_events", "audit_checkpoints"):
+                conn.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER ALL"))
+
+
+def restore(appliance: Appliance, saved: dict[str, list[dict[str, Any]]]) -> None:
+    with as_superuser(appliance, "replica") as conn:
+        for table in AUDIT_TABLES:
+            conn.execute(text(f"DELETE FROM {table}"))
+            if saved[table]:
+                columns = list(saved[table][0])
+                conn.execute(text(
+                    f"INSERT INTO {table} ({', '.join(columns)}) "
+                    f"VALUES ({', '.join(':' + c for c in columns)})"), saved[table])
+    assert dump(appliance) == saved
+
+
+def row_hash(conn: Connection, seq: int) -> str:
+    return str(conn.execute(text("SELECT hash FROM audit_events WHERE seq = :s"),
+                            {"s": seq}).scalar_one())
+
+
+def load_event(conn: Connection, seq: int) -> AuditEvent:
+    row = conn.execute(text("SELECT * FROM audit_events WHERE seq = :s"), {"s": seq}).mappings() \
+        .one()
+    return AuditEvent(**dict(row))
+
+
+def rechain(conn: Connection, start: int) -> None:
+    """What a careful attacker does next: recompute every hash from `start` on, fix the head."""
+    prev = row_hash(conn, start - 1) if start > 1 else audit.GENESIS_HASH
+    seqs = list(conn.execute(text("SELECT seq FROM audit_events WHERE seq >= :s ORDER BY seq"),
+                             {"s": start}).scalars())
+    for seq in seqs:
+        event = load_event(conn, seq)
+        event.prev_hash = prev
+        event.hash = audit.entry_hash(event)
+        conn.execute(text("UPDATE audit_events SET prev_hash = :p, hash = :h WHERE seq = :s"),
+                     {"p": event.prev_hash, "h": event.hash, "s": seq})
+        prev = event.hash
+    top = conn.execute(text("SELECT max(seq) FROM audit_events")).scalar_one()
+    conn.execute(text("UPDATE audit_head SET seq = :s, hash = :h WHERE id = 1"),
+                 {"s": top, "h": prev})
+
+
+def shift_up(conn: Connection, start: int) -> None:
+    """Renumber entries from `start` on one place up (in two steps: seq is the primary key)."""
+    conn.execute(text("UPDATE audit_events SET seq = seq + 1000000 WHERE seq >= :s"),
+                 {"s": start})
+    conn.execute(text("UPDATE audit_events SET seq = seq - 999999 WHERE seq >= 1000000"))
+
+
+def insert_forged(conn: Connection, seq: int) -> None:
+    forged = load_event(conn, seq - 1)
+    forged.seq = seq
+    forged.actor = "client:nobody"
+    forged.action = "contact.read"
+    forged.object_ids = json.dumps(["00000000-0000-7000-8000-000000000000"])
+    forged.prev_hash = row_hash(conn, seq - 1)
+    forged.hash = audit.entry_hash(forged)
+    columns = [c.name for c in AuditEvent.__table__.columns]
+    conn.execute(text(f"INSERT INTO audit_events ({', '.join(columns)}) "
+                      f"VALUES ({', '.join(':' + c for c in columns)})"),
+                 {c: getattr(forged, c) for c in columns})
+
+
+def resign(conn: Connection, seq: int, key: Ed25519PrivateKey) -> None:
+    """Replace checkpoint `seq` with one for the current chain, signed with `key`."""
+    checkpoint = conn.execute(text("SELECT ts, key_version FROM audit_checkpoints "
+                                   "WHERE seq = :s"), {"s": seq}).one()
+    chain_hash = row_hash(conn, seq)
+    message = f"enclave-audit-checkpoint/v1\n{seq}\n{chain_hash}\n{checkpoint.ts}\n".encode()
+    conn.execute(text("UPDATE audit_checkpoints SET hash = :h, signature = :sig WHERE seq = :s"),
+                 {"h": chain_hash, "sig": base64.b64encode(key.sign(message)).decode(), "s": seq})
+
+
+def test_an_intact_log_verifies(appliance: Appliance) -> None:
+    seed_contacts(appliance, 20)
+    report = verify(appliance)
+    n = last_seq(appliance)
+    assert report.ok and report.first_bad_seq is None and report.problem is None
+    assert report.entries == n >= 22
+    with appliance.sessions() as session:
+        checkpoints = sorted(session.scalars(select(audit.AuditCheckpoint.seq)))
+    assert report.checkpoints == len(checkpoints) >= 2
+    assert report.last_checkpoint == checkpoints[-1]
+    assert all(c % 8 == 0 for c in checkpoints)  # one entry per unit: exactly on the boundary
+
+
+def test_tampering_is_caught_and_located(appliance: Appliance) -> None:
+    seed_contacts(appliance, 30)
+    original = dump(appliance)
+    n = len(original["audit_events"])
+    checkpoints = [c["seq"] for c in original["audit_checkpoints"]]
+    assert len(checkpoints) >= 3, checkpoints
+    c0, c1, c2 = checkpoints[:3]
+    m = c1 - 3  # a middle entry, between two signed checkpoints
+    assert c0 < m < m + 2 < c1 < c2 < n
+    assert verify(appliance).ok
+    attacker_key = Ed25519PrivateKey.generate()
+
+    def edit(conn: Connection) -> None:
+        conn.execute(text("UPDATE audit_events SET actor = 'client:someone-else' "
+                          "WHERE seq = :m"), {"m": m})
+
+    def corrupt(conn: Connection) -> None:
+        # Not even valid JSON any more: verify must still name the entry, not crash.
+        conn.execute(text("UPDATE audit_events SET object_ids = 'not json' WHERE seq = :m"),
+                     {"m": m})
+
+    def delete(conn: Connection) -> None:
+        conn.execute(text("DELETE FROM audit_events WHERE seq = :m"), {"m": m})
+
+    def reorder(conn: Connection) -> None:
+        a, b = m, m + 2
+        conn.execute(text("UPDATE audit_events SET seq = -1 WHERE seq = :a"), {"a": a})
+        conn.execute(text("UPDATE audit_events SET seq = :a WHERE seq = :b"), {"a": a, "b": b})
+        conn.execute(text("UPDATE audit_events SET seq = :b WHERE seq = -1"), {"b": b})
+
+    def insert(conn: Connection) -> None:
+        shift_up(conn, m)
+        insert_forged(conn, m)
+        conn.execute(text("UPDATE audit_head SET seq = seq + 1 WHERE id = 1"))
+
+    def insert_and_rechain(conn: Connection) -> None:
+        shift_up(conn, m)
+        insert_forged(conn, m)
+        rechain(conn, m + 1)
+
+    def edit_and_rechain(conn: Connection) -> None:
+        edit(conn)
+        rechain(conn, m)
+
+    def truncate(conn: Connection) -> None:
+        cut = c2 - 2
+        conn.execute(text("DELETE FROM audit_events WHERE seq >= :c"), {"c": cut})
+        conn.execute(text("UPDATE audit_head SET seq = :s, hash = :h WHERE id = 1"),
+                     {"s": cut - 1, "h": row_hash(conn, cut - 1)})
+
+    def forge_signature(conn: Connection) -> None:
+        resign(conn, c1, attacker_key)
+
+    def rewrite_and_forge_checkpoints(conn: Connection) -> None:
+        edit(conn)
+        rechain(conn, m)
+        for c in (c1, c2):
+            resign(conn, c, attacker_key)
+
+    def unknown_signing_key(conn: Connection) -> None:
+        conn.execute(text("UPDATE audit_checkpoints SET key_version = 99 WHERE seq = :c"),
+                     {"c": c1})
+
+    # (attack, expected first bad entry, words in the problem)
+    attacks: list[tuple[Callable[[Connection], None], int, str]] = [
+        (edit, m, "altered"),
+        (corrupt, m, "altered"),
+        (delete, m, "missing"),
+        (reorder, m, "does not follow"),
+        (insert, m + 1, "does not follow"),  # the forged row chains; the next one cannot
+        (insert_and_rechain, c0 + 1, "checkpoint"),  # caught by the next signed checkpoint
+        (edit_and_rechain, c0 + 1, "differs from its signed checkpoint"),
+        (truncate, c2 - 2, "signed checkpoint"),
+        (forge_signature, c0 + 1, "bad signature"),
+        (rewrite_and_forge_checkpoints, c0 + 1, "bad signature"),
+        (unknown_signing_key, c0 + 1, "unknown signing key"),
+    ]
+    for number, (attack, first_bad, words) in enumerate(attacks):
+        name = attack.__name__
+        # The database refuses the attack as a plain UPDATE/DELETE and nothing changes.
+        with pytest.raises(DBAPIError, match="append-only"), appliance.engine.begin() as conn:
+            attack(conn)
+        assert dump(appliance) == original, name
+        assert verify(appliance).ok, name
+        # Someone who can switch the triggers off gets further -- and is caught.
+        with as_superuser(appliance, "replica" if number % 2 else "disable") as conn:
+            attack(conn)
+        assert dump(appliance) != original, name
+        report = verify(appliance)
+        assert not report.ok, name
+        assert report.first_bad_seq == first_bad, (name, report)
+        assert report.problem and words in report.problem, (name, report.problem)
+        restore(appliance, original)
+        assert verify(appliance).ok, name
+    # The triggers are back in force after all that.
+    with pytest.raises(DBAPIError, match="append-only"), appliance.engine.begin() as conn:
+        delete(conn)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known gap: verify() does not require checkpoints to exist, so an attacker who rewrites the "
+    "chain and also deletes the signed checkpoints after the rewrite is only reported as "
+    "'chained but not yet signed'. Needs a checkpoint-density rule (checkpoint_every) or an "
+    "anchor kept outside the database."))
+def test_rewriting_and_deleting_the_later_checkpoints_is_caught(appliance: Appliance) -> None:
+    seed_contacts(appliance, 30)
+    with appliance.sessions() as session:
+        checkpoints = sorted(session.scalars(select(audit.AuditCheckpoint.seq)))
+    m = checkpoints[1] - 3
+    with as_superuser(appliance, "replica") as conn:
+        conn.execute(text("UPDATE audit_events SET actor = 'client:someone-else' "
+                          "WHERE seq = :m"), {"m": m})
+        rechain(conn, m)
+        conn.execute(text("DELETE FROM audit_checkpoints WHERE seq >= :m"), {"m": m})
+    report = verify(appliance)
+    assert not report.ok, report
+    assert report.first_bad_seq == checkpoints[0] + 1, report
