@@ -242,7 +242,9 @@ def audit_checkpoint() -> None:
     from security import audit
     appliance = _open()
     with appliance.sessions() as session, session.begin():
-        checkpoint = audit.checkpoint_now(session, appliance.keyring)
+        checkpoint = audit.checkpoint_now(
+            session, appliance.keyring,
+            checkpoint_every=appliance.settings.audit_checkpoint_every)
     out.print(f"signed checkpoint at entry {checkpoint.seq}" if checkpoint
               else "the end of the log is already signed")
 

@@ -59,8 +59,8 @@ def entry_hash(row: AuditEvent) -> str:
     return hashlib.sha256(canonical(row)).hexdigest()
 
 
-def _checkpoint_message(seq: int, hash_: str, ts: str) -> bytes:
-    return f"enclave-audit-checkpoint/v1\n{seq}\n{hash_}\n{ts}\n".encode()
+def _checkpoint_message(seq: int, hash_: str, ts: str, next_due: int) -> bytes:
+    return f"enclave-audit-checkpoint/v1\n{seq}\n{hash_}\n{ts}\n{next_due}\n".encode()
 
 
 def _now() -> str:
@@ -69,7 +69,9 @@ def _now() -> str:
 
 def ensure_head(session: Session) -> None:
     if session.get(AuditHead, 1) is None:
-        session.add(AuditHead(id=1, seq=0, hash=GENESIS_HASH))
+        # checkpoint_due=1: the very first append is signed at once, so a log that has entries
+        # but no checkpoint at all has lost them.
+        session.add(AuditHead(id=1, seq=0, hash=GENESIS_HASH, checkpoint_due=1))
         session.flush()
 
 
@@ -83,7 +85,6 @@ def append(session: Session, entries: Iterable[AuditEntry], *, keyring: KeyRing,
     head = session.execute(
         select(AuditHead).where(AuditHead.id == 1).with_for_update()
     ).scalar_one()
-    first_seq = head.seq
     prev_hash, seq = head.hash, head.seq
     seqs = []
     for entry in entries:
@@ -100,30 +101,38 @@ def append(session: Session, entries: Iterable[AuditEntry], *, keyring: KeyRing,
         prev_hash = row.hash
         seqs.append(seq)
     head.seq, head.hash = seq, prev_hash
-    if seq // checkpoint_every > first_seq // checkpoint_every:
-        _sign_checkpoint(session, keyring, seq, prev_hash)
+    if seq >= head.checkpoint_due:
+        _sign_checkpoint(session, keyring, head, checkpoint_every)
     session.flush()
     return seqs
 
 
-def _sign_checkpoint(session: Session, keyring: KeyRing, seq: int, hash_: str) -> AuditCheckpoint:
+def _sign_checkpoint(session: Session, keyring: KeyRing, head: AuditHead,
+                     checkpoint_every: int) -> AuditCheckpoint:
+    """Sign the head. The signature also promises the next checkpoint by `next_due`, so
+    deleting later checkpoints (to hide a rewritten tail) breaks a signed promise."""
     ts = _now()
+    next_due = head.seq + checkpoint_every
     version = keyring.current_version(AUDIT_SIGNING)
-    signature = keyring.signing_key(AUDIT_SIGNING, version).sign(_checkpoint_message(seq, hash_, ts))
-    checkpoint = AuditCheckpoint(seq=seq, hash=hash_, ts=ts, key_version=version,
+    signature = keyring.signing_key(AUDIT_SIGNING, version).sign(
+        _checkpoint_message(head.seq, head.hash, ts, next_due))
+    checkpoint = AuditCheckpoint(seq=head.seq, hash=head.hash, ts=ts, next_due=next_due,
+                                 key_version=version,
                                  signature=base64.b64encode(signature).decode())
     session.add(checkpoint)
+    head.checkpoint_due = next_due
     return checkpoint
 
 
-def checkpoint_now(session: Session, keyring: KeyRing) -> AuditCheckpoint | None:
+def checkpoint_now(session: Session, keyring: KeyRing, *,
+                   checkpoint_every: int = 64) -> AuditCheckpoint | None:
     """Sign the current head, unless it is already signed or the log is empty."""
     head = session.execute(
         select(AuditHead).where(AuditHead.id == 1).with_for_update()
     ).scalar_one()
     if head.seq == 0 or session.get(AuditCheckpoint, head.seq) is not None:
         return None
-    return _sign_checkpoint(session, keyring, head.seq, head.hash)
+    return _sign_checkpoint(session, keyring, head, checkpoint_every)
 
 
 @dataclass
@@ -148,6 +157,7 @@ def verify(session: Session, keyring: KeyRing) -> VerifyReport:
     }
     checkpoints = {c.seq: c for c in session.scalars(select(AuditCheckpoint))}
     good_checkpoint = 0
+    promised_by = 0  # the next checkpoint the last good one promised
 
     def fail(seq: int, problem: str) -> VerifyReport:
         report.first_bad_seq, report.problem = seq, problem
@@ -176,6 +186,7 @@ def verify(session: Session, keyring: KeyRing) -> VerifyReport:
                     # Everything after the last good checkpoint is no longer proven.
                     return fail(good_checkpoint + 1, problem)
                 good_checkpoint = row.seq
+                promised_by = checkpoint.next_due
                 report.checkpoints += 1
             prev_hash = row.hash
             expected_seq += 1
@@ -187,6 +198,13 @@ def verify(session: Session, keyring: KeyRing) -> VerifyReport:
     if beyond:
         return fail(last_seq + 1, f"the log ends at {last_seq} but a signed checkpoint "
                                   f"covers entry {max(beyond)}: entries were removed")
+    if last_seq > 0 and good_checkpoint == 0:
+        return fail(1, "the log has entries but no valid signed checkpoint: checkpoints were "
+                       "removed")
+    if good_checkpoint and last_seq >= promised_by:
+        return fail(good_checkpoint + 1,
+                    f"the checkpoint at {good_checkpoint} promised the next one by entry "
+                    f"{promised_by}, but none follows it: later checkpoints were removed")
     head = session.get(AuditHead, 1)
     if head is not None and (head.seq, head.hash) != (last_seq, prev_hash):
         if head.seq > last_seq:
@@ -207,7 +225,8 @@ def _checkpoint_problem(checkpoint: AuditCheckpoint, chain_hash: str,
         return f"checkpoint at {checkpoint.seq} names an unknown signing key"
     try:
         key.verify(base64.b64decode(checkpoint.signature),
-                   _checkpoint_message(checkpoint.seq, checkpoint.hash, checkpoint.ts))
+                   _checkpoint_message(checkpoint.seq, checkpoint.hash, checkpoint.ts,
+                                       checkpoint.next_due))
     except (InvalidSignature, ValueError):
         return f"checkpoint at {checkpoint.seq} has a bad signature"
     if checkpoint.hash != chain_hash:

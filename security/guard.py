@@ -20,7 +20,7 @@ from security.audit import AuditEntry
 from security.authz import READ, WRITE, Decision, PolicySnapshot
 from security.blindindex import blind_index
 from security.classification import OBJECTS, FieldSpec, ObjectSpec, mask_value
-from security.errors import Forbidden
+from security.errors import EnclaveError, Forbidden
 from security.fieldcrypt import FieldDecryptionError, open_sealed, seal
 from security.keys import BLIND_INDEX, KeyRing
 from security.principal import Principal
@@ -31,7 +31,7 @@ class FieldForbidden(Forbidden):
     """This field, of a record the caller may see, is not granted to them."""
 
 
-class SealedFieldError(Exception):
+class SealedFieldError(EnclaveError):
     """A sealed value did not open where it stands (moved, altered, or its key destroyed)."""
 
     code = "DATA_INTEGRITY"
@@ -40,10 +40,7 @@ class SealedFieldError(Exception):
     def __init__(self, object_type: str, record_id: str, field_name: str) -> None:
         super().__init__(
             f"{object_type}.{field_name} of {record_id} failed authentication: the ciphertext "
-            "was moved, altered or its key destroyed"
-        )
-        self.message = str(self)
-        self.extensions = {"code": self.code}
+            "was moved, altered or its key destroyed", field=field_name)
 
 
 @dataclass

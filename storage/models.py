@@ -166,6 +166,8 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+    #: Sign a checkpoint once `seq` reaches this.
+    checkpoint_due: Mapped[int] = mapped_column(BigInteger)
 
 
 class AuditCheckpoint(Base):
@@ -177,5 +179,7 @@ class AuditCheckpoint(Base):
                                      autoincrement=False)
     hash: Mapped[str] = mapped_column(String(64))
     ts: Mapped[str] = mapped_column(String(40))
+    #: Signed promise: the next checkpoint exists by this sequence number.
+    next_due: Mapped[int] = mapped_column(BigInteger)
     key_version: Mapped[int] = mapped_column(Integer)
     signature: Mapped[str] = mapped_column(String(200))

@@ -26,7 +26,7 @@ from schema.runtime import Appliance
 from security import audit
 from security.errors import Forbidden
 from security.principal import Principal
-from storage.models import AuditEvent, Contact
+from storage.models import AuditEvent, AuditHead, Contact
 
 TEAM = "east"
 
@@ -213,13 +213,20 @@ def test_a_write_and_its_entry_commit_or_fail_together(appliance: Appliance, cal
         if action == "contact.create":
             raise RuntimeError("constraint failed after the entry was written")
 
-    # Make the doomed entry land exactly on a checkpoint boundary (checkpoint_every is 8), so
-    # the rolled-back savepoint also holds a freshly signed checkpoint.
-    padding = (7 - last_seq(appliance)) % 8
+    # Make the doomed entry land exactly where the next checkpoint is due, so the rolled-back
+    # savepoint also holds a freshly signed checkpoint.
+    def checkpoint_due() -> int:
+        with appliance.sessions() as session:
+            head = session.get(AuditHead, 1)
+            assert head is not None
+            return int(head.checkpoint_due)
+
+    padding = checkpoint_due() - 1 - last_seq(appliance)
+    assert padding >= 0
     seed_contacts(appliance, padding, prefix="Pad")
     start_contacts += padding
     boundary = last_seq(appliance) + 1
-    assert boundary % 8 == 0
+    assert boundary == checkpoint_due()
 
     def checkpoint_seqs() -> list[int]:
         with appliance.sessions() as session:
@@ -437,10 +444,11 @@ def insert_forged(conn: Connection, seq: int) -> None:
 
 def resign(conn: Connection, seq: int, key: Ed25519PrivateKey) -> None:
     """Replace checkpoint `seq` with one for the current chain, signed with `key`."""
-    checkpoint = conn.execute(text("SELECT ts, key_version FROM audit_checkpoints "
+    checkpoint = conn.execute(text("SELECT ts, next_due, key_version FROM audit_checkpoints "
                                    "WHERE seq = :s"), {"s": seq}).one()
     chain_hash = row_hash(conn, seq)
-    message = f"enclave-audit-checkpoint/v1\n{seq}\n{chain_hash}\n{checkpoint.ts}\n".encode()
+    message = (f"enclave-audit-checkpoint/v1\n{seq}\n{chain_hash}\n{checkpoint.ts}\n"
+               f"{checkpoint.next_due}\n").encode()
     conn.execute(text("UPDATE audit_checkpoints SET hash = :h, signature = :sig WHERE seq = :s"),
                  {"h": chain_hash, "sig": base64.b64encode(key.sign(message)).decode(), "s": seq})
 
@@ -455,7 +463,8 @@ def test_an_intact_log_verifies(appliance: Appliance) -> None:
         checkpoints = sorted(session.scalars(select(audit.AuditCheckpoint.seq)))
     assert report.checkpoints == len(checkpoints) >= 2
     assert report.last_checkpoint == checkpoints[-1]
-    assert all(c % 8 == 0 for c in checkpoints)  # one entry per unit: exactly on the boundary
+    # The first append is signed at once; then, with one entry per unit of work, every 8th.
+    assert all(b - a == 8 for a, b in zip(checkpoints, checkpoints[1:], strict=False))
 
 
 def test_tampering_is_caught_and_located(appliance: Appliance) -> None:
@@ -557,11 +566,6 @@ def test_tampering_is_caught_and_located(appliance: Appliance) -> None:
         delete(conn)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap: verify() does not require checkpoints to exist, so an attacker who rewrites the "
-    "chain and also deletes the signed checkpoints after the rewrite is only reported as "
-    "'chained but not yet signed'. Needs a checkpoint-density rule (checkpoint_every) or an "
-    "anchor kept outside the database."))
 def test_rewriting_and_deleting_the_later_checkpoints_is_caught(appliance: Appliance) -> None:
     seed_contacts(appliance, 30)
     with appliance.sessions() as session:

@@ -62,6 +62,9 @@ def list_events(ctx: RequestContext, *, first: int | None = None, after: str | N
     if f.until is not None:
         statement = statement.where(AuditEvent.ts < f.until.astimezone(dt.UTC).isoformat())
     rows = list(ctx.session.scalars(statement.order_by(AuditEvent.seq).limit(size + 1)))
+    # Who looked at the log is evidence too.
+    ctx.audit("audit.read", object_type=OBJECT,
+              fields=[f"{name}={value}" for name, value in vars(f).items() if value is not None])
     return AuditPage(rows[:size], len(rows) > size)
 
 

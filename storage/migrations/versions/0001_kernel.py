@@ -80,12 +80,14 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), primary_key=True),
         sa.Column("seq", sa.BigInteger(), nullable=False),
         sa.Column("hash", sa.String(64), nullable=False),
+        sa.Column("checkpoint_due", sa.BigInteger(), nullable=False),
     )
     op.create_table(
         "audit_checkpoints",
         sa.Column("seq", _seq, primary_key=True, autoincrement=False),
         sa.Column("hash", sa.String(64), nullable=False),
         sa.Column("ts", sa.String(40), nullable=False),
+        sa.Column("next_due", sa.BigInteger(), nullable=False),
         sa.Column("key_version", sa.Integer(), nullable=False),
         sa.Column("signature", sa.String(200), nullable=False),
     )
