@@ -15,10 +15,12 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from security.keys import AUDIT_SIGNING, KeyRing
@@ -44,7 +46,7 @@ def _json(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def canonical(row: AuditEvent) -> bytes:
+def canonical(row: AuditEvent | Any) -> bytes:
     document = {
         "seq": row.seq, "ts": row.ts, "actor": row.actor, "roles": json.loads(row.roles),
         "action": row.action, "object_type": row.object_type,
@@ -55,7 +57,7 @@ def canonical(row: AuditEvent) -> bytes:
     return _json(document).encode("utf-8")
 
 
-def entry_hash(row: AuditEvent) -> str:
+def entry_hash(row: AuditEvent | Any) -> str:
     return hashlib.sha256(canonical(row)).hexdigest()
 
 
@@ -77,62 +79,65 @@ def ensure_head(session: Session) -> None:
 
 def append(session: Session, entries: Iterable[AuditEntry], *, keyring: KeyRing,
            checkpoint_every: int = 64) -> list[int]:
-    """Append entries in the caller's transaction; returns their sequence numbers."""
+    """Append entries in the caller's transaction; returns their sequence numbers.
+
+    Core statements, not ORM objects: this runs on every request that reads personal data."""
     entries = list(entries)
     if not entries:
         return []
     # The head row is the lock that keeps concurrent appenders in one order.
-    head = session.execute(
-        select(AuditHead).where(AuditHead.id == 1).with_for_update()
-    ).scalar_one()
-    prev_hash, seq = head.hash, head.seq
-    seqs = []
+    seq, prev_hash, due = session.execute(
+        select(AuditHead.seq, AuditHead.hash, AuditHead.checkpoint_due)
+        .where(AuditHead.id == 1).with_for_update()
+    ).one()
+    rows = []
     for entry in entries:
         seq += 1
-        row = AuditEvent(
-            seq=seq, ts=_now(), actor=entry.actor, roles=_json(list(entry.roles)),
-            action=entry.action, object_type=entry.object_type,
-            object_ids=_json(list(entry.object_ids)), fields=_json(list(entry.fields)),
-            decision=entry.decision, reason=entry.reason, request_id=entry.request_id,
-            prev_hash=prev_hash, hash="",
-        )
-        row.hash = entry_hash(row)
-        session.add(row)
-        prev_hash = row.hash
-        seqs.append(seq)
-    head.seq, head.hash = seq, prev_hash
-    if seq >= head.checkpoint_due:
-        _sign_checkpoint(session, keyring, head, checkpoint_every)
-    session.flush()
-    return seqs
+        values = {
+            "seq": seq, "ts": _now(), "actor": entry.actor, "roles": _json(list(entry.roles)),
+            "action": entry.action, "object_type": entry.object_type,
+            "object_ids": _json(list(entry.object_ids)), "fields": _json(list(entry.fields)),
+            "decision": entry.decision, "reason": entry.reason, "request_id": entry.request_id,
+            "prev_hash": prev_hash,
+        }
+        values["hash"] = prev_hash = entry_hash(SimpleNamespace(**values))
+        rows.append(values)
+    session.execute(insert(AuditEvent), rows)
+    head = {"seq": seq, "hash": prev_hash}
+    if seq >= due:
+        head["checkpoint_due"] = _sign_checkpoint(session, keyring, seq, prev_hash,
+                                                  checkpoint_every).next_due
+    session.execute(update(AuditHead).where(AuditHead.id == 1).values(**head))
+    return [row["seq"] for row in rows]
 
 
-def _sign_checkpoint(session: Session, keyring: KeyRing, head: AuditHead,
+def _sign_checkpoint(session: Session, keyring: KeyRing, seq: int, hash_: str,
                      checkpoint_every: int) -> AuditCheckpoint:
-    """Sign the head. The signature also promises the next checkpoint by `next_due`, so
+    """Sign (seq, hash). The signature also promises the next checkpoint by `next_due`, so
     deleting later checkpoints (to hide a rewritten tail) breaks a signed promise."""
     ts = _now()
-    next_due = head.seq + checkpoint_every
+    next_due = seq + checkpoint_every
     version = keyring.current_version(AUDIT_SIGNING)
     signature = keyring.signing_key(AUDIT_SIGNING, version).sign(
-        _checkpoint_message(head.seq, head.hash, ts, next_due))
-    checkpoint = AuditCheckpoint(seq=head.seq, hash=head.hash, ts=ts, next_due=next_due,
-                                 key_version=version,
-                                 signature=base64.b64encode(signature).decode())
-    session.add(checkpoint)
-    head.checkpoint_due = next_due
-    return checkpoint
+        _checkpoint_message(seq, hash_, ts, next_due))
+    values = {"seq": seq, "hash": hash_, "ts": ts, "next_due": next_due, "key_version": version,
+              "signature": base64.b64encode(signature).decode()}
+    session.execute(insert(AuditCheckpoint).values(**values))
+    return AuditCheckpoint(**values)  # a detached copy for the caller to read
 
 
 def checkpoint_now(session: Session, keyring: KeyRing, *,
                    checkpoint_every: int = 64) -> AuditCheckpoint | None:
     """Sign the current head, unless it is already signed or the log is empty."""
-    head = session.execute(
-        select(AuditHead).where(AuditHead.id == 1).with_for_update()
-    ).scalar_one()
-    if head.seq == 0 or session.get(AuditCheckpoint, head.seq) is not None:
+    seq, hash_ = session.execute(
+        select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
+    ).one()
+    if seq == 0 or session.get(AuditCheckpoint, seq) is not None:
         return None
-    return _sign_checkpoint(session, keyring, head, checkpoint_every)
+    checkpoint = _sign_checkpoint(session, keyring, seq, hash_, checkpoint_every)
+    session.execute(update(AuditHead).where(AuditHead.id == 1)
+                    .values(checkpoint_due=checkpoint.next_due))
+    return checkpoint
 
 
 @dataclass

@@ -11,6 +11,7 @@ the same opaque `FieldDecryptionError`.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Callable
@@ -31,11 +32,13 @@ class FieldDecryptionError(Exception):
         super().__init__("sealed field failed authentication (moved, altered or key destroyed)")
 
 
+@functools.lru_cache(maxsize=256)
+def _place_prefix(table: str, column: str) -> bytes:
+    return b"\x00".join((b"enclave/field/v1", table.encode(), column.encode())) + b"\x00"
+
+
 def _associated_data(table: str, column: str, row_id: str, key_version: int) -> bytes:
-    return b"\x00".join(
-        (b"enclave/field/v1", table.encode(), column.encode(), row_id.encode(),
-         str(key_version).encode())
-    )
+    return b"%s%s\x00%d" % (_place_prefix(table, column), row_id.encode(), key_version)
 
 
 def seal(key: bytes, *, key_version: int, table: str, column: str, row_id: str,
@@ -52,16 +55,26 @@ def key_version_of(blob: bytes) -> int:
     return _HEADER.unpack_from(blob)[1]
 
 
-def open_sealed(key_for_version: Callable[[int], bytes | None], *, table: str, column: str,
-                row_id: str, blob: bytes) -> str:
+PreparedKey = AESGCM
+
+
+def prepare_key(key: bytes) -> PreparedKey:
+    """A key made ready to open many fields (making it costs more than opening a short one)."""
+    return AESGCM(key)
+
+
+def open_sealed(key_for_version: Callable[[int], bytes | PreparedKey | None], *, table: str,
+                column: str, row_id: str, blob: bytes) -> str:
+    """Open a sealed field; the lookup gives the key of a version, raw or prepared."""
     version = key_version_of(blob)
     key = key_for_version(version)
     if key is None:
         raise FieldDecryptionError()
+    aead = key if isinstance(key, AESGCM) else AESGCM(key)
     nonce = blob[_HEADER.size:_HEADER.size + _NONCE_BYTES]
     aad = _associated_data(table, column, row_id, version)
     try:
-        plaintext = AESGCM(key).decrypt(nonce, blob[_HEADER.size + _NONCE_BYTES:], aad)
+        plaintext = aead.decrypt(nonce, blob[_HEADER.size + _NONCE_BYTES:], aad)
     except InvalidTag:
         raise FieldDecryptionError() from None
     return plaintext.decode("utf-8")
@@ -73,9 +86,10 @@ def wrap_key(wrapping_key: bytes, key: bytes, *, label: bytes) -> bytes:
     return nonce + AESGCM(wrapping_key).encrypt(nonce, key, b"enclave/wrap/v1\x00" + label)
 
 
-def unwrap_key(wrapping_key: bytes, wrapped: bytes, *, label: bytes) -> bytes:
+def unwrap_key(wrapping_key: bytes | PreparedKey, wrapped: bytes, *, label: bytes) -> bytes:
+    aead = wrapping_key if isinstance(wrapping_key, AESGCM) else AESGCM(wrapping_key)
     try:
-        return AESGCM(wrapping_key).decrypt(
+        return aead.decrypt(
             wrapped[:_NONCE_BYTES], wrapped[_NONCE_BYTES:], b"enclave/wrap/v1\x00" + label
         )
     except (InvalidTag, ValueError):

@@ -21,7 +21,7 @@ from security.authz import READ, WRITE, Decision, PolicySnapshot
 from security.blindindex import blind_index
 from security.classification import OBJECTS, FieldSpec, ObjectSpec, mask_value
 from security.errors import EnclaveError, Forbidden
-from security.fieldcrypt import FieldDecryptionError, open_sealed, seal
+from security.fieldcrypt import FieldDecryptionError, PreparedKey, open_sealed, prepare_key, seal
 from security.keys import BLIND_INDEX, KeyRing
 from security.principal import Principal
 from storage.sealed import Sealed
@@ -66,6 +66,7 @@ class Guard:
         self.session = session
         self.request_id = request_id
         self._subject_keys: dict[tuple[str, int], bytes] = {}
+        self._aeads: dict[tuple[str, int], PreparedKey] = {}
         self._loaded_subjects: set[str] = set()
         self._reads: dict[str, _Reads] = {}
         self._refusals: dict[tuple[str, str], _Reads] = {}
@@ -156,14 +157,22 @@ class Guard:
         record_id = record.id
         if record_id not in self._loaded_subjects:
             self.preload([record])
-        subject_keys = self._subject_keys
         try:
             return open_sealed(
-                lambda version: subject_keys.get((record_id, version)),
+                lambda version: self._aead(record_id, version),
                 table=spec.table, column=field_name, row_id=record_id, blob=sealed.ciphertext,
             )
         except FieldDecryptionError:
             raise SealedFieldError(spec.name, record.id, field_name) from None
+
+    def _aead(self, subject_id: str, version: int) -> PreparedKey | None:
+        aead = self._aeads.get((subject_id, version))
+        if aead is None:
+            key = self._subject_keys.get((subject_id, version))
+            if key is None:
+                return None
+            aead = self._aeads[(subject_id, version)] = prepare_key(key)
+        return aead
 
     def _note_read(self, object_type: str, record_id: str, field_name: str) -> None:
         reads = self._reads.get(object_type)
@@ -215,6 +224,7 @@ class Guard:
         old_version = record.key_version
         record.key_version = version
         self._subject_keys[(record.id, version)] = key
+        self._aeads.pop((record.id, version), None)
         if old_version is not None and old_version != version:
             self.keyring.destroy_subject_keys(self.session, record.id, except_version=version)
 

@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from security.errors import ConfigurationError
-from security.fieldcrypt import new_key, unwrap_key, wrap_key
+from security.fieldcrypt import PreparedKey, new_key, prepare_key, unwrap_key, wrap_key
 from storage.models import DataKey, SubjectKey
 
 FIELD = "field"
@@ -51,6 +51,7 @@ class KeyRing:
         self._kek = kek
         self._keys = keys
         self._retired = retired
+        self._prepared_field_keys: dict[int, PreparedKey] = {}
 
     @classmethod
     def load(cls, session: Session, kek: bytes) -> KeyRing:
@@ -97,10 +98,13 @@ class KeyRing:
     # -- subject keys ---------------------------------------------------------------------
 
     def unwrap_subject_key(self, subject_id: str, version: int, wrapped: bytes) -> bytes:
-        field_key = self.key(FIELD, version)
-        if field_key is None:
-            raise ConfigurationError(f"field key v{version} is gone")
-        return unwrap_key(field_key, wrapped, label=_subject_key_label(subject_id, version))
+        prepared = self._prepared_field_keys.get(version)
+        if prepared is None:
+            field_key = self.key(FIELD, version)
+            if field_key is None:
+                raise ConfigurationError(f"field key v{version} is gone")
+            prepared = self._prepared_field_keys[version] = prepare_key(field_key)
+        return unwrap_key(prepared, wrapped, label=_subject_key_label(subject_id, version))
 
     def load_subject_keys(self, session: Session,
                           subject_ids: Iterable[str]) -> dict[tuple[str, int], bytes]:
