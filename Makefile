@@ -25,6 +25,10 @@ run: $(STAMP)
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check api schema security storage tests bench
+	$(BIN)/mypy
+
 bench: $(TEST_STAMP)
 	$(BIN)/python bench/contacts_read.py $(BENCH_ARGS)
 

@@ -49,7 +49,7 @@ def main() -> None:
         if args.backend == "postgres":
             urls = list(stack.enter_context(bench.postgres_databases(2)))
         appliances = {}
-        for path, url in zip(("guarded", "unguarded"), urls):
+        for path, url in zip(("guarded", "unguarded"), urls, strict=False):
             target = bench.Target(path, workdir / path, url)
             bench.populate(target, args.contacts, 20, 7)
             appliance = Appliance.open(target.settings(),

@@ -90,7 +90,7 @@ def append(session: Session, entries: Iterable[AuditEntry], *, keyring: KeyRing,
         select(AuditHead.seq, AuditHead.hash, AuditHead.checkpoint_due)
         .where(AuditHead.id == 1).with_for_update()
     ).one()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for entry in entries:
         seq += 1
         values = {
@@ -103,12 +103,12 @@ def append(session: Session, entries: Iterable[AuditEntry], *, keyring: KeyRing,
         values["hash"] = prev_hash = entry_hash(SimpleNamespace(**values))
         rows.append(values)
     session.execute(insert(AuditEvent), rows)
-    head = {"seq": seq, "hash": prev_hash}
+    head: dict[str, Any] = {"seq": seq, "hash": prev_hash}
     if seq >= due:
         head["checkpoint_due"] = _sign_checkpoint(session, keyring, seq, prev_hash,
                                                   checkpoint_every).next_due
     session.execute(update(AuditHead).where(AuditHead.id == 1).values(**head))
-    return [row["seq"] for row in rows]
+    return [int(row["seq"]) for row in rows]
 
 
 def _sign_checkpoint(session: Session, keyring: KeyRing, seq: int, hash_: str,
