@@ -25,6 +25,7 @@ from security.passwords import hash_secret, new_client_secret
 from security.principal import Principal
 from security.tokens import TokenService
 from storage import migrate
+from storage.counters import read_counter
 from storage.db import make_engine, make_session_factory
 from storage.ids import new_id
 from storage.models import ApiClient, PolicyRule, Setting
@@ -51,7 +52,7 @@ class Appliance:
         self.keyring: KeyRing
         self.tokens: TokenService
         with self.sessions() as session:
-            self._load_keys(session, _setting_int(session, KEYS_VERSION_KEY))
+            self._load_keys(session, read_counter(session, KEYS_VERSION_KEY))
 
     @classmethod
     def open(cls, settings: Settings, *, unsafe_unguarded_for_benchmark: bool = False) -> Appliance:
@@ -121,20 +122,6 @@ class Appliance:
         self.engine.dispose()
 
 
-def _setting_int(session: Session, key: str) -> int:
-    setting = session.get(Setting, key)
-    return int(setting.value) if setting else 0
-
-
-def bump_setting(session: Session, key: str) -> int:
-    setting = session.get(Setting, key, with_for_update=True)
-    if setting is None:
-        setting = Setting(key=key, value="0")
-        session.add(setting)
-    setting.value = str(int(setting.value) + 1)
-    return int(setting.value)
-
-
 @dataclass(frozen=True)
 class InitResult:
     created_kek: bool
@@ -189,7 +176,7 @@ def initialise(settings: Settings) -> InitResult:
 
 
 def _seed_default_policy(session: Session) -> bool:
-    if _setting_int(session, POLICY_VERSION_KEY) > 0:
+    if read_counter(session, POLICY_VERSION_KEY) > 0:
         return False
     for rule in default_rules():
         session.add(PolicyRule(role=rule.role, object_type=rule.object_type, field=rule.field,

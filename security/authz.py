@@ -17,7 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from security.classification import OBJECTS, FieldClass
-from storage.models import PolicyRule, Setting
+from storage.counters import bump_counter, read_counter
+from storage.models import PolicyRule
 
 MODEL_PATH = Path(__file__).with_name("authz_model.conf")
 POLICY_VERSION_KEY = "policy_version"
@@ -148,14 +149,8 @@ class Authoriser:
 
 
 def current_policy_version(session: Session) -> int:
-    setting = session.get(Setting, POLICY_VERSION_KEY)
-    return int(setting.value) if setting else 0
+    return read_counter(session, POLICY_VERSION_KEY)
 
 
 def bump_policy_version(session: Session) -> int:
-    setting = session.get(Setting, POLICY_VERSION_KEY, with_for_update=True)
-    if setting is None:
-        setting = Setting(key=POLICY_VERSION_KEY, value="0")
-        session.add(setting)
-    setting.value = str(int(setting.value) + 1)
-    return int(setting.value)
+    return bump_counter(session, POLICY_VERSION_KEY)

@@ -575,7 +575,7 @@ def test_refused_write_writes_nothing(appliance: Appliance, caller: Any) -> None
                                               "nationalId": "ZZ-999"}})
     assert codes(body) == ["FORBIDDEN"], body
     assert no_data(body)
-    assert "national_id" in body["errors"][0]["extensions"].get("fields", []), body
+    assert "nationalId" in body["errors"][0]["extensions"].get("fields", []), body
     assert count_rows(appliance, Contact) == contacts_before
     assert count_rows(appliance, SubjectKey) == keys_before
     with appliance.sessions() as session:

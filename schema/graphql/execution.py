@@ -77,6 +77,21 @@ def sdl() -> str:
     return schema_for(introspection=True).as_str()
 
 
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _api_names(extensions: dict[str, Any]) -> dict[str, Any]:
+    """Fields named in errors as the API spells them (nationalId, not national_id)."""
+    if isinstance(extensions.get("field"), str):
+        extensions["field"] = _camel(extensions["field"])
+    if isinstance(extensions.get("fields"), list):
+        extensions["fields"] = [_camel(f) if isinstance(f, str) else f
+                                for f in extensions["fields"]]
+    return extensions
+
+
 def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
     original = error.original_error
     formatted: dict[str, Any] = {}
@@ -92,7 +107,7 @@ def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
             code = "GRAPHQL_VALIDATION_FAILED"
         formatted = {"message": message, "extensions": {"code": code}}
     elif getattr(original, "public", False):
-        extensions = dict(getattr(original, "extensions", {}) or {})
+        extensions = _api_names(dict(getattr(original, "extensions", {}) or {}))
         formatted = {"message": getattr(original, "message", str(original)),
                      "extensions": extensions}
     elif is_retryable(original):

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 
 from schema.context import RequestContext
-from schema.runtime import KEYS_VERSION_KEY, bump_setting
+from schema.runtime import KEYS_VERSION_KEY
 from security import keys
 from security.authz import MANAGE
+from storage.counters import bump_counter
 from storage.models import Contact
 
 OBJECT = "contact"
@@ -19,7 +20,7 @@ def rotate_field_key(ctx: RequestContext) -> int:
     """Add a field key version: new writes use it, older versions still open."""
     ctx.guard.require("key", MANAGE)
     version = keys.add_data_key(ctx.session, ctx.appliance.kek, keys.FIELD)
-    bump_setting(ctx.session, KEYS_VERSION_KEY)
+    bump_counter(ctx.session, KEYS_VERSION_KEY)
     ctx.audit("key.rotate", object_type="key", object_ids=[f"{keys.FIELD}:{version}"])
     return version
 
@@ -53,7 +54,7 @@ def reencrypt_batch(ctx: RequestContext, *, batch_size: int = 200) -> ReencryptB
     if remaining == 0:
         retired = keys.retire_unused_field_versions(ctx.session)
         if retired:
-            bump_setting(ctx.session, KEYS_VERSION_KEY)
+            bump_counter(ctx.session, KEYS_VERSION_KEY)
     if rows or retired:
         ctx.audit("key.reencrypt", object_type=OBJECT, object_ids=[c.id for c in rows],
                   fields=[f"to:{keys.FIELD}:{target}"] + [f"retired:{v}" for v in retired])
