@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench bench-backup lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,14 @@ test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check api schema security storage tests bench
+	$(BIN)/ruff check api schema security storage backup tests bench
 	$(BIN)/mypy
 
 bench: $(TEST_STAMP)
 	$(BIN)/python bench/contacts_read.py $(BENCH_ARGS)
+
+bench-backup: $(TEST_STAMP)
+	$(BIN)/python bench/backup_throughput.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from api.cli_backup import backup_app
 from security.config import Settings
 from security.errors import ConfigurationError, EnclaveError
 from security.principal import Principal
@@ -26,6 +27,7 @@ audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=Tr
 app.add_typer(clients_app, name="clients")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+app.add_typer(backup_app, name="backup")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -287,8 +289,11 @@ def main() -> None:
         err.print(f"enclave: configuration error: {exc.message}", highlight=False)
         sys.exit(EXIT_CONFIG)
     except EnclaveError as exc:
-        err.print(f"enclave: error: {exc.message}", highlight=False)
-        sys.exit(EXIT_FAILED)
+        # Backup refusals carry their own exit code and name (bad signature, tampered, ...).
+        code = getattr(exc, "exit_code", EXIT_FAILED)
+        kind = f"backup refused ({getattr(exc, 'label', '')})" if code != EXIT_FAILED else "error"
+        err.print(f"enclave: {kind}: {exc.message}", highlight=False)
+        sys.exit(code)
     except KeyboardInterrupt:
         err.print("enclave: interrupted", highlight=False)
         sys.exit(130)

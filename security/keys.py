@@ -36,6 +36,19 @@ def _subject_key_label(subject_id: str, version: int) -> bytes:
     return f"subject-key\x00{subject_id}\x00{version}".encode()
 
 
+def wrap_data_key(kek: bytes, purpose: str, version: int, key: bytes) -> bytes:
+    """Wrap a data key under a key-encryption key, bound to its purpose and version.
+
+    Public for restore: a backup carries data keys unwrapped (inside its age encryption), and a
+    restore re-wraps them under the target's own key-encryption key."""
+    return wrap_key(kek, key, label=_data_key_label(purpose, version))
+
+
+def unwrap_data_key(kek: bytes, purpose: str, version: int, wrapped: bytes) -> bytes:
+    """Open a wrapped data key; raises `FieldDecryptionError` if it does not open."""
+    return unwrap_key(kek, wrapped, label=_data_key_label(purpose, version))
+
+
 def _new_key_material(purpose: str) -> bytes:
     if purpose in (AUDIT_SIGNING, TOKEN_SIGNING):
         return Ed25519PrivateKey.generate().private_bytes(
@@ -59,9 +72,8 @@ class KeyRing:
         retired: set[tuple[str, int]] = set()
         for row in session.scalars(select(DataKey)):
             try:
-                keys[(row.purpose, row.version)] = unwrap_key(
-                    kek, row.wrapped, label=_data_key_label(row.purpose, row.version)
-                )
+                keys[(row.purpose, row.version)] = unwrap_data_key(
+                    kek, row.purpose, row.version, row.wrapped)
             except Exception:
                 raise ConfigurationError(
                     f"data key {row.purpose} v{row.version} does not open with this "
@@ -149,7 +161,7 @@ def add_data_key(session: Session, kek: bytes, purpose: str) -> int:
     version = (current or 0) + 1
     session.add(DataKey(
         purpose=purpose, version=version,
-        wrapped=wrap_key(kek, _new_key_material(purpose), label=_data_key_label(purpose, version)),
+        wrapped=wrap_data_key(kek, purpose, version, _new_key_material(purpose)),
     ))
     return version
 

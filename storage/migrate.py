@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 _SCRIPTS = Path(__file__).parent / "migrations"
 
@@ -19,16 +19,29 @@ def _config() -> Config:
     return config
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(bind: Engine | Connection, revision: str = "head") -> None:
+    """Migrate in a transaction of its own (an engine), or inside the caller's (a connection),
+    so that a restore can create the schema and fill it atomically."""
     config = _config()
-    with engine.begin() as connection:
+    if isinstance(bind, Connection):
+        config.attributes["connection"] = bind
+        command.upgrade(config, revision)
+        return
+    with bind.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
 
-def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as connection:
+def current_revision(bind: Engine | Connection) -> str | None:
+    if isinstance(bind, Connection):
+        return MigrationContext.configure(bind).get_current_revision()
+    with bind.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+def known_revisions() -> set[str]:
+    """Every revision this code can migrate from or to."""
+    return {script.revision for script in ScriptDirectory.from_config(_config()).walk_revisions()}
 
 
 def head_revision() -> str | None:

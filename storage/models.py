@@ -98,6 +98,17 @@ class SubjectKey(Base):
     wrapped: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class Erasure(Base):
+    """A data subject erased (their record deleted and subject keys destroyed), kept so that
+    restoring an older backup can erase them again."""
+
+    __tablename__ = "erasures"
+
+    subject_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    erased_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    by: Mapped[str] = mapped_column(String(100))
+
+
 class ApiClient(Base):
     """An OAuth2 client (an internal application) that gets tokens with client credentials."""
 

@@ -14,7 +14,7 @@ from security.authz import READ, WRITE, Decision
 from security.classification import CONTACT
 from security.errors import BadUserInput, Forbidden
 from storage.ids import new_id
-from storage.models import Account, Contact, utcnow
+from storage.models import Account, Contact, Erasure, utcnow
 
 OBJECT = "contact"
 
@@ -131,10 +131,12 @@ def update_contact(ctx: RequestContext, contact_id: str, changes: Mapping[str, A
 
 
 def delete_contact(ctx: RequestContext, contact_id: str) -> str:
-    """Delete the contact and destroy its subject keys, so no copy of its fields opens again."""
+    """Erase the contact: delete it, destroy its subject keys (so no copy of its fields opens
+    again) and record the erasure, so that restoring an older backup erases them again."""
     contact = get_visible(ctx, Contact, OBJECT, contact_id, WRITE)
     ctx.session.delete(contact)
     ctx.guard.keyring.destroy_subject_keys(ctx.session, contact.id)
+    ctx.session.merge(Erasure(subject_id=contact.id, erased_at=utcnow(), by=ctx.principal.actor))
     ctx.session.flush()
     ctx.audit("contact.delete", object_type=OBJECT, object_ids=[contact.id],
               fields=["subject_keys:destroyed"])
