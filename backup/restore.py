@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.orm import Session
 
 from backup import erasures as erasure_mod
@@ -44,8 +44,9 @@ from security.config import Settings
 from security.kek import create_kek, load_kek
 from security.keys import KeyRing
 from security.principal import Principal
+from storage.counters import bump_counter
 from storage.db import normalise_url
-from storage.models import AuditHead, DataKey, Setting
+from storage.models import AuditHead, DataKey
 
 _BATCH = 1000
 
@@ -241,14 +242,11 @@ def _check_counts(connection: Connection, manifest: Manifest) -> None:
 
 def _finish(connection: Connection, settings: Settings, kek: bytes, opened: OpenedBackup,
             principal: Principal, replayed: list[str], replaced: str | None) -> _Loaded:
-    # Make every process that shares the database reload its keys and policy.
-    for key in (KEYS_VERSION_KEY, POLICY_VERSION_KEY):
-        value = connection.scalar(select(Setting.value).where(Setting.key == key))
-        if value is not None and value.isdigit():
-            connection.execute(update(Setting).where(Setting.key == key)
-                               .values(value=str(int(value) + 1)))
     session = Session(bind=connection)
     try:
+        # Make every process that shares the database reload its keys and policy.
+        for key in (KEYS_VERSION_KEY, POLICY_VERSION_KEY):
+            bump_counter(session, key)
         keyring = KeyRing.load(session, kek)
         fields = [f"sha256:{opened.manifest.payload['sha256']}", f"signer:{opened.signer}",
                   f"created_at:{opened.manifest.created_at}",
