@@ -24,6 +24,7 @@ from backup import erasures as erasure_mod
 from backup.errors import BackupError, Tampered, TargetNotEmpty
 from backup.identity import Identities
 from backup.keyfile import read_keys, rewrap_keys
+from backup.log_archive import archive_audit_log
 from backup.manifest import Manifest, TrustAnchor
 from backup.progress import NO_PROGRESS, Progress
 from backup.rows import RowDecoder, table_named
@@ -90,6 +91,9 @@ def restore_backup(path: Path, identities: Identities, settings: Settings, *,
                  for p in erasures_from or []]
         to_replay = erasure_mod.merge(known, *extra)
         replaced = _head(existing)
+        if existing is not None:
+            archive, archive_sha = archive_audit_log(existing, settings.data_dir)
+            replaced = f"{replaced}; archived_log:{archive.name}:sha256:{archive_sha}"
         kek = load_kek(settings.kek_path, settings.key_passphrase, dev_mode=settings.dev_mode) \
             if settings.kek_path.exists() else None
     finally:

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 from backup_support import flip, new_officer, resign
+from sqlalchemy import select
 from test_cli import assert_one_line_error, enclave, ok
 
 from backup.archive import read_layout
 from schema.runtime import Appliance
 from security.config import Settings
 from security.keys import AUDIT_SIGNING
+from storage.models import AuditEvent
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +67,16 @@ def test_create_verify_list_restore_prune(made: tuple[Path, Path, dict[str, obje
         == created["signer"]
     again = enclave(fresh, "backup", "restore", str(path), "--identity", str(identity))
     assert_one_line_error(again, expect_in="target not empty", code=14)
+    entries_before = _audit_lines(fresh)
     replaced = ok(fresh, "backup", "restore", str(path), "--identity", str(identity), "--force")
     assert "restored" in replaced.stdout
+    # The replaced appliance's audit log is kept whole, and the restore entry names it.
+    archives = list((fresh / "audit-archive").glob("replaced-*.jsonl"))
+    assert len(archives) == 1 and archives[0].stat().st_mode & 0o777 == 0o600
+    archived = [json.loads(line) for line in archives[0].read_text().splitlines()]
+    assert [a["row"]["hash"] for a in archived if a["table"] == "audit_events"] == entries_before
+    assert any(a["table"] == "audit_checkpoints" for a in archived)
+    assert archives[0].name in json.dumps(_last_restore_entry(fresh))
 
     exported = ok(data_dir, "backup", "erasures", "export")
     assert json.loads(exported.stdout)["format"] == "enclave-erasures/1"
@@ -136,3 +146,24 @@ def test_the_standard_age_tool_decrypts_a_backup(made: tuple[Path, Path, dict[st
     assert contacts.returncode == 0, contacts.stderr
     rows = [json.loads(line) for line in contacts.stdout.splitlines()]
     assert len(rows) == 20 and all(row["email"] for row in rows)  # sealed: base64 ciphertext
+
+
+def _audit_lines(data_dir: Path) -> list[str]:
+    appliance = Appliance.open(Settings(data_dir=data_dir, dev_mode=True))
+    try:
+        with appliance.sessions() as session:
+            return list(session.scalars(select(AuditEvent.hash).order_by(AuditEvent.seq)))
+    finally:
+        appliance.close()
+
+
+def _last_restore_entry(data_dir: Path) -> dict[str, object]:
+    appliance = Appliance.open(Settings(data_dir=data_dir, dev_mode=True))
+    try:
+        with appliance.sessions() as session:
+            row = session.scalars(select(AuditEvent).where(AuditEvent.action == "backup.restore")
+                                  .order_by(AuditEvent.seq.desc())).first()
+            assert row is not None
+            return {"fields": row.fields, "object_ids": row.object_ids}
+    finally:
+        appliance.close()
