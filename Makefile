@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test bench bench-backup lint clean
+.PHONY: run test bench bench-backup lint clean dist appliance-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,18 @@ bench: $(TEST_STAMP)
 
 bench-backup: $(TEST_STAMP)
 	$(BIN)/python bench/backup_throughput.py $(BENCH_ARGS)
+
+# The wheelhouse the appliance installs from, offline: Enclave's wheel and every dependency's, for
+# the Python of the machine that runs this (Debian 12's 3.11 on x86-64 for the appliance).
+dist: $(BIN)/python
+	rm -rf dist build
+	$(BIN)/pip wheel --quiet --disable-pip-version-check --wheel-dir dist .
+	@ls dist/enclave-*.whl
+
+# As root: a Debian 12 root file system provisioned by appliance/ansible through the chroot
+# connection, checked, provisioned again (must change nothing), and ansible-lint.
+appliance-test: dist
+	tests/appliance/run.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

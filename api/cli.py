@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from api.cli_backup import backup_app
+from api.cli_preflight import preflight_app
 from security.config import Settings
 from security.errors import ConfigurationError, EnclaveError
 from security.principal import Principal
@@ -28,6 +29,7 @@ app.add_typer(clients_app, name="clients")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(backup_app, name="backup")
+app.add_typer(preflight_app, name="preflight")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# make appliance-test (as root): provision a Debian 12 minbase root file system with the roles in
+# appliance/ansible through the community.general.chroot connection, check the result, provision
+# it again (nothing may change), and lint the roles with ansible-lint's production profile.
+#
+#   APPLIANCE_KEEP_ROOTFS=1   keep the cached mmdebstrap tarball between runs (the default
+#                             outside CI; CI=true always builds afresh)
+#   APPLIANCE_WORK=DIR        work folder (default .cache/appliance)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+REPO=$PWD
+export DEBIAN_FRONTEND=noninteractive
+WORK=${APPLIANCE_WORK:-$REPO/.cache/appliance}
+ROOTFS=$WORK/rootfs
+TARBALL=$WORK/rootfs-bookworm-minbase.tar
+ANSIBLE_VENV=$REPO/.venv-ansible
+PLAYBOOK_DIR=$REPO/appliance/ansible
+# The Debian mirrors this machine's own apt sources name (one-line or deb822 format).
+apt_mirror() {
+  python3 - "$1" <<'PY'
+import glob, sys
+suite = sys.argv[1]
+for name in ["/etc/apt/sources.list", *sorted(glob.glob("/etc/apt/sources.list.d/*.list"))]:
+    try:
+        lines = open(name).read().splitlines()
+    except OSError:
+        continue
+    for line in lines:
+        words = [w for w in line.split("#")[0].split() if not w.startswith("[")]
+        if len(words) >= 3 and words[0] == "deb" and words[2] == suite:
+            print(words[1]); sys.exit(0)
+for name in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
+    for stanza in open(name).read().split("\n\n"):
+        fields = dict(l.split(":", 1) for l in stanza.splitlines() if ":" in l and not l.startswith("#"))
+        fields = {k.strip(): v.split() for k, v in fields.items()}
+        if suite in fields.get("Suites", []) and fields.get("URIs"):
+            print(fields["URIs"][0]); sys.exit(0)
+sys.exit(1)
+PY
+}
+MIRROR=${APPLIANCE_MIRROR:-$(apt_mirror bookworm)} || fail "no bookworm mirror in /etc/apt; set APPLIANCE_MIRROR"
+SECURITY_MIRROR=${APPLIANCE_SECURITY_MIRROR:-$(apt_mirror bookworm-security)} \
+  || fail "no bookworm-security mirror in /etc/apt; set APPLIANCE_SECURITY_MIRROR"
+START=$(date +%s)
+declare -A TIMES=()
+
+step() { echo; echo "=== appliance-test: $* ($(( $(date +%s) - START )) s)"; }
+fail() { echo "appliance-test: FAILED: $*" >&2; exit 1; }
+timed() { local name=$1; shift; local t0; t0=$(date +%s); "$@"; TIMES[$name]=$(( $(date +%s) - t0 )); }
+
+[ "$(id -u)" -eq 0 ] || fail "run as root (mmdebstrap and chroot need it)"
+ls dist/enclave-*.whl >/dev/null 2>&1 || fail "no wheel in dist/: run make dist"
+mkdir -p "$WORK"
+
+# -- tools ----------------------------------------------------------------------------------------
+install_tools() {
+  local missing=()
+  command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+  python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  local stamp=$ANSIBLE_VENV/.installed-$(sha256sum appliance/ansible/requirements.txt | cut -c1-16)
+  if [ ! -e "$stamp" ]; then
+    rm -rf "$ANSIBLE_VENV"
+    python3 -m venv "$ANSIBLE_VENV"
+    "$ANSIBLE_VENV/bin/pip" install --quiet --disable-pip-version-check \
+      -r appliance/ansible/requirements.txt > "$WORK/pip.log" 2>&1 \
+      || { cat "$WORK/pip.log"; fail "pip install of Ansible failed"; }
+    touch "$stamp"
+  fi
+}
+step "tools: mmdebstrap, Ansible (pinned) in .venv-ansible"
+timed tools install_tools
+"$ANSIBLE_VENV/bin/ansible-playbook" --version > "$WORK/ansible-version.txt" && head -n 1 "$WORK/ansible-version.txt"
+
+# -- root file system -----------------------------------------------------------------------------
+build_rootfs() {
+  if [ "${CI:-}" = true ] || [ "${APPLIANCE_KEEP_ROOTFS:-1}" != 1 ] || [ ! -s "$TARBALL" ]; then
+    rm -rf "$TARBALL" "$WORK/rootfs-building.tar"
+    # The name must end in .tar: mmdebstrap picks its output format from it.
+    mmdebstrap --quiet --variant=minbase --include=python3,python3-apt,systemd,systemd-sysv \
+      bookworm "$WORK/rootfs-building.tar" "$MIRROR"
+    mv "$WORK/rootfs-building.tar" "$TARBALL"
+  else
+    echo "reusing $TARBALL (cached; CI=true or APPLIANCE_KEEP_ROOTFS=0 rebuilds it)"
+  fi
+  rm -rf "$ROOTFS"
+  mkdir -p "$ROOTFS"
+  tar -C "$ROOTFS" -xf "$TARBALL"
+}
+step "root file system: mmdebstrap minbase bookworm"
+timed rootfs build_rootfs
+
+# -- inventory --------------------------------------------------------------------------------------
+rm -f "$WORK/admin_key" "$WORK/admin_key.pub"
+ssh-keygen -q -t ed25519 -N "" -C appliance-test -f "$WORK/admin_key" 2>/dev/null || {
+  apt-get install -y -qq --no-install-recommends openssh-client >/dev/null
+  ssh-keygen -q -t ed25519 -N "" -C appliance-test -f "$WORK/admin_key"
+}
+cat > "$WORK/inventory.yml" <<YAML
+---
+enclave:
+  hosts:
+    rootfs:
+      ansible_connection: community.general.chroot
+      ansible_host: $ROOTFS
+      ansible_python_interpreter: /usr/bin/python3
+      ansible_become: false
+  vars:
+    preflight_profile: small
+    base_hostname: enclave
+    base_domain: appliance.test
+    base_admin_users:
+      - name: operator
+        comment: Appliance test administrator
+        ssh_keys: ["$(cat "$WORK/admin_key.pub")"]
+    hardening_firewall_admin_networks: [192.0.2.0/28, "2001:db8:1::/64"]
+    hardening_firewall_client_networks: [198.51.100.0/24, "2001:db8:2::/64"]
+    base_ntp_servers: [ntp.appliance.test]
+    base_apt_mirror: $MIRROR
+    base_apt_security_mirror: $SECURITY_MIRROR
+YAML
+
+export ANSIBLE_CONFIG=$PLAYBOOK_DIR/ansible.cfg
+export ANSIBLE_HOME=$REPO/.cache/ansible ANSIBLE_LOCAL_TEMP=$REPO/.cache/ansible/tmp
+export ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1 PY_COLORS=0
+
+provision() {
+  local log=$1
+  (cd "$PLAYBOOK_DIR" && "$ANSIBLE_VENV/bin/ansible-playbook" -i "$WORK/inventory.yml" site.yml) \
+    > "$log" 2>&1 || { tail -n 60 "$log"; fail "ansible-playbook failed (log: $log)"; }
+  sed -n '/PLAY RECAP/,$p' "$log"
+}
+recap() { grep -E '^rootfs\s+:' "$1" | grep -oE "$2=[0-9]+" | cut -d= -f2; }
+
+step "provision (first run)"
+timed provision1 provision "$WORK/provision-1.log"
+[ "$(recap "$WORK/provision-1.log" failed)" = 0 ] || fail "first run had failures"
+
+step "check the provisioned root file system"
+timed checks env ENCLAVE_ROOTFS="$ROOTFS" "$REPO/.venv/bin/python" -m pytest -q -p no:cacheprovider \
+  "$REPO/tests/appliance/rootfs_checks.py"
+
+for unit in enclave.service enclave-init.service enclave-backup.service; do
+  chroot "$ROOTFS" systemd-analyze security --offline=yes --no-pager "/etc/systemd/system/$unit" \
+    | grep -E '^→ Overall exposure level' || true
+done
+
+step "provision again: nothing may change"
+timed provision2 provision "$WORK/provision-2.log"
+changed=$(recap "$WORK/provision-2.log" changed)
+if [ "$changed" != 0 ]; then
+  grep -E '^changed:' -B2 "$WORK/provision-2.log" | head -40
+  fail "the second run changed $changed task(s); the roles are not idempotent"
+fi
+
+step "pre-flight, the first task of site.yml, against this build host (connection local)"
+# Two stand-in profiles make the outcome independent of this machine: one nobody meets, one any
+# Debian 12 host meets. Nothing may change either way (the check comes before every other role).
+preflight_play() {
+  local profile=$1 expect=$2 log=$WORK/preflight-$1.log
+  mkdir -p "$WORK/profiles"
+  cat > "$WORK/profiles/large.yml" <<'YAML'
+name: large
+requirements: {aes_ni: false, cpu_cores: 100000, memory_gib: 100000, data_free_gib: 1000000, tpm2: true, debian_version: "12", clock_sync: false}
+YAML
+  cat > "$WORK/profiles/small.yml" <<'YAML'
+name: small
+requirements: {aes_ni: false, cpu_cores: 1, memory_gib: 0, data_free_gib: 0, tpm2: false, debian_version: "12", clock_sync: false}
+YAML
+  printf 'enclave:\n  hosts:\n    localhost: {ansible_connection: local, ansible_python_interpreter: /usr/bin/python3, ansible_become: false}\n' \
+    > "$WORK/local.yml"
+  local rc=0
+  (cd "$PLAYBOOK_DIR" && "$ANSIBLE_VENV/bin/ansible-playbook" -i "$WORK/local.yml" site.yml \
+    --tags preflight -e preflight_profile="$profile" -e preflight_profiles_dir="$WORK/profiles") \
+    > "$log" 2>&1 || rc=$?
+  grep -E '^localhost\s+:' "$log" | grep -q 'changed=0' || { cat "$log"; fail "pre-flight changed something"; }
+  if [ "$expect" = refuse ]; then
+    [ "$rc" -ne 0 ] && grep -q "REFUSED: this host does not meet hardware profile large: cpu_cores fails" "$log" \
+      || { cat "$log"; fail "pre-flight did not refuse a host below the profile"; }
+  else
+    [ "$rc" -eq 0 ] || { cat "$log"; fail "pre-flight refused a host that meets the profile"; }
+  fi
+  echo "pre-flight with profile $profile: ${expect} as expected"
+}
+timed preflight eval 'preflight_play large refuse && preflight_play small pass'
+
+step "ansible-lint --offline (production profile)"
+lint() { (cd "$PLAYBOOK_DIR" && PATH="$ANSIBLE_VENV/bin:$PATH" "$ANSIBLE_VENV/bin/ansible-lint" --offline --profile production); }
+timed lint lint
+
+total=$(( $(date +%s) - START ))
+echo
+echo "appliance-test: timings (s): $(for k in tools rootfs provision1 checks provision2 preflight lint; do printf '%s=%s ' "$k" "${TIMES[$k]}"; done)total=$total"
+echo "appliance-test: passed (second run changed=0)"
