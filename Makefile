@@ -44,7 +44,7 @@ dist: $(BIN)/python
 
 # As root: a Debian 12 root file system provisioned by appliance/ansible through the chroot
 # connection, checked, provisioned again (must change nothing), and ansible-lint.
-appliance-test: dist
+appliance-test: $(TEST_STAMP) dist
 	tests/appliance/run.sh
 
 clean:
