@@ -1,4 +1,4 @@
-"""The Starlette application: GraphQL, OAuth2 token and discovery endpoints, health."""
+"""The Starlette application: GraphQL, OAuth2/OIDC endpoints, people's sign-in, health."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import principal_from_token, require_active_client
+from api import federation, signin
+from api.auth import principal_from_token, require_active
 from api.oauth import token_response
+from api.oauth_code import SCOPES
 from schema.graphql.execution import execute
 from schema.runtime import Appliance
 from security.errors import Unauthenticated
@@ -118,7 +121,7 @@ def create_app(appliance: Appliance) -> Starlette:
     def _run(principal: Principal, document: str, variables: dict[str, Any] | None,
              operation: str | None, request_id: str) -> dict[str, Any]:
         return execute(appliance, principal, document, variables, operation, request_id,
-                       admit=require_active_client)
+                       admit=require_active)
 
     async def token(request: Request) -> Response:
         raw = await _read_limited(request, 16_384)
@@ -151,14 +154,22 @@ def create_app(appliance: Appliance) -> Starlette:
         issuer = settings.resolved_issuer
         return JSONResponse({
             "issuer": issuer,
+            "authorization_endpoint": f"{issuer}/oauth/authorize",
             "token_endpoint": f"{issuer}/oauth/token",
+            "userinfo_endpoint": f"{issuer}/oauth/userinfo",
             "jwks_uri": f"{issuer}/.well-known/jwks.json",
-            "grant_types_supported": ["client_credentials"],
+            "grant_types_supported": ["client_credentials", "authorization_code"],
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic",
-                                                      "client_secret_post"],
+                                                      "client_secret_post", "none"],
+            "scopes_supported": list(SCOPES),
+            "claims_supported": ["sub", "email", "email_verified", "roles", "team",
+                                 "auth_time", "amr", "nonce"],
             "id_token_signing_alg_values_supported": ["Ed25519"],
-            "response_types_supported": ["token"],
             "subject_types_supported": ["public"],
+            "prompt_values_supported": ["none", "login"],
         }, headers={"cache-control": "public, max-age=300"})
 
     async def jwks(request: Request) -> Response:
@@ -172,13 +183,16 @@ def create_app(appliance: Appliance) -> Starlette:
         return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks},
                             status_code=200 if ok else 503)
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/graphql", graphql, methods=["POST"]),
         Route("/oauth/token", token, methods=["POST"]),
         Route("/.well-known/openid-configuration", openid_configuration, methods=["GET"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        *signin.routes(appliance),
+        *federation.routes(appliance),
+        Mount("/static", StaticFiles(packages=[("api", "static")]), name="static"),
     ]
     app = Starlette(routes=routes)
     app.add_middleware(SecurityHeaders)

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from api.cli_backup import backup_app
 from api.cli_preflight import preflight_app
+from api.cli_users import users_app, web_clients_app
 from security.config import Settings
 from security.errors import ConfigurationError, EnclaveError
 from security.principal import Principal
@@ -30,6 +31,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(backup_app, name="backup")
 app.add_typer(preflight_app, name="preflight")
+app.add_typer(users_app, name="users")
+app.add_typer(web_clients_app, name="web-clients")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

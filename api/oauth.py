@@ -1,8 +1,11 @@
-"""OAuth2 token endpoint (client-credentials grant, RFC 6749 §4.4) on authlib's server core.
+"""OAuth2 token endpoint on authlib's server core: the client-credentials grant (RFC 6749 §4.4)
+for applications acting as themselves, and the authorization-code grant (§4.1, PKCE S256,
+OpenID Connect; `api.oauth_code`) for applications acting for a signed-in person.
 
 authlib validates the request and authenticates the client (client_secret_basic or
-client_secret_post); Enclave supplies the client lookup (argon2id-hashed secrets, revocation)
-and the token generator (Ed25519-signed JWTs). Issuance and failures are audited.
+client_secret_post; `none` for public web clients, which PKCE binds instead); Enclave supplies
+the client lookup (argon2id-hashed secrets, revocation) and the token generator (Ed25519-signed
+JWTs). Issuance and failures are audited.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from sqlalchemy.orm import Session
 
+from api.oauth_code import CodeGrant, IdTokens, S256Challenge, WebClientAdapter
+from schema.ops.signin import SignedIn
 from schema.runtime import Appliance
 from security.audit import AuditEntry
 from security.passwords import DUMMY_HASH, verify_secret
-from storage.models import ApiClient
+from storage.models import ApiClient, WebClient
 
 AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 
@@ -70,26 +75,51 @@ class _FormRequest(OAuth2Request):  # type: ignore[misc]
 
 
 class TokenServer(AuthorizationServer):  # type: ignore[misc]
-    def __init__(self, appliance: Appliance, session: Session) -> None:
+    """authlib's server bound to one database session. `authorize=True` for the authorization
+    endpoint, where an unknown client is answered at once (no secret is checked there)."""
+
+    def __init__(self, appliance: Appliance, session: Session, *,
+                 authorize: bool = False) -> None:
         super().__init__()
         self.appliance = appliance
         self.session = session
+        self.authorize = authorize
         self.issued_to: str | None = None
+        self.issued_for: SignedIn | None = None
+        #: Why an authorization-code token request was refused (for the audit log).
+        self.refusal: str | None = None
         self.register_grant(_Grant)
+        self.register_grant(CodeGrant, [S256Challenge(required=True),
+                                        IdTokens(appliance, session)])
         self.register_token_generator("default", self._generate)
 
-    def query_client(self, client_id: str) -> _Client | None:
-        row = self.session.get(ApiClient, client_id) if client_id else None
+    def query_client(self, client_id: str) -> _Client | WebClientAdapter | None:
+        row: ApiClient | WebClient | None = None
+        if client_id and len(client_id) <= 64:
+            row = self.session.get(WebClient, client_id) if client_id.startswith("w-") \
+                else self.session.get(ApiClient, client_id)
         if row is None or row.revoked_at is not None:
-            verify_secret(DUMMY_HASH, "x")  # spend the same time as a real check
+            if not self.authorize:
+                verify_secret(DUMMY_HASH, "x")  # spend the same time as a real check
             return None
-        return _Client(row)
+        return WebClientAdapter(row) if isinstance(row, WebClient) else _Client(row)
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
         """Tokens are self-contained JWTs; nothing to store."""
 
-    def _generate(self, *, client: _Client, **_: Any) -> dict[str, Any]:
+    def _generate(self, *, client: _Client | WebClientAdapter, grant_type: str,
+                  user: SignedIn | None = None, scope: str | None = None,
+                  **_: Any) -> dict[str, Any]:
         self.issued_to = client.row.id
+        if grant_type == "authorization_code" and user is not None:
+            self.issued_for = user
+            token = self.appliance.tokens.issue(
+                subject=user.user.id, roles=user.roles, team=user.user.team,
+                extra={"kind": "user", "sid": user.session_id, "scope": scope or "",
+                       "client_id": client.row.id})
+            token["scope"] = scope or ""
+            return token
+        assert isinstance(client, _Client)  # only ApiClients may use client_credentials
         return self.appliance.tokens.issue(subject=client.row.id, roles=client.row.roles,
                                            team=client.row.team)
 
@@ -127,11 +157,17 @@ def token_response(appliance: Appliance, form: dict[str, str], headers: Mapping[
                                  "error_description": "client authentication failed"}
             response_headers = [("WWW-Authenticate", 'Basic error="invalid_client"')]
         client_id = server.issued_to or _claimed_client(form, headers)
+        who = server.issued_for
+        reason = None if status == 200 else str(body.get("error"))
+        if reason and server.refusal:
+            reason = f"{reason}: {server.refusal}"
         entry = AuditEntry(
-            actor=f"client:{client_id or 'unknown'}", roles=(), action="token.issue",
+            actor=f"user:{who.user.id}" if who else f"client:{client_id or 'unknown'}",
+            roles=who.roles if who else (), action="token.issue",
             object_type="client", object_ids=[client_id] if client_id else [],
+            fields=[f"grant:{form.get('grant_type', '')[:40]}"] if who else [],
             decision="allow" if status == 200 else "deny",
-            reason=None if status == 200 else str(body.get("error")), request_id=request_id)
+            reason=reason, request_id=request_id)
         appliance.append_audit(session, [entry])
     return status, body, list(response_headers or [])
 

@@ -15,9 +15,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from security import audit, keys
 from security.audit import AuditEntry
-from security.authz import POLICY_VERSION_KEY, Authoriser, PolicySnapshot, bump_policy_version
+from security.authz import (
+    POLICY_VERSION_KEY,
+    Authoriser,
+    PolicySnapshot,
+    Rule,
+    bump_policy_version,
+)
 from security.config import Settings
-from security.default_policy import default_rules
+from security.default_policy import DEFAULTS_REVISION, default_rules, rules_added_since
 from security.errors import ConfigurationError
 from security.kek import create_kek, load_kek, write_private_file
 from security.keys import KeyRing
@@ -31,6 +37,7 @@ from storage.ids import new_id
 from storage.models import ApiClient, PolicyRule, Setting
 
 KEYS_VERSION_KEY = "keys_version"
+DEFAULTS_REVISION_KEY = "default_policy_revision"
 APPLIANCE_ID_KEY = "appliance_id"
 BOOTSTRAP_CLIENT_NAME = "bootstrap-admin"
 
@@ -152,6 +159,7 @@ def initialise(settings: Settings) -> InitResult:
                     session.add(Setting(key=key, value="0"))
             session.flush()
             seeded = _seed_default_policy(session)
+            added_rules = [] if seeded else _add_later_default_rules(session)
             client_id, secret = _bootstrap_admin(session, settings)
             keyring = KeyRing.load(session, kek)
             entries = []
@@ -160,6 +168,11 @@ def initialise(settings: Settings) -> InitResult:
                     actor=SYSTEM.actor, roles=SYSTEM.roles, action="appliance.init",
                     fields=[f"key:{p}" for p in created_keys] + (["policy:defaults"] if seeded else []),
                 ))
+            if added_rules:
+                entries.append(AuditEntry(
+                    actor=SYSTEM.actor, roles=SYSTEM.roles, action="policy.defaults",
+                    object_type="policy",
+                    fields=[":".join(rule.as_tuple()) for rule in added_rules]))
             if client_id:
                 entries.append(AuditEntry(actor=SYSTEM.actor, roles=SYSTEM.roles,
                                           action="client.create", object_type="client",
@@ -181,8 +194,30 @@ def _seed_default_policy(session: Session) -> bool:
     for rule in default_rules():
         session.add(PolicyRule(role=rule.role, object_type=rule.object_type, field=rule.field,
                                action=rule.action))
+    session.merge(Setting(key=DEFAULTS_REVISION_KEY, value=str(DEFAULTS_REVISION)))
     bump_policy_version(session)
     return True
+
+
+def _add_later_default_rules(session: Session) -> list[Rule]:
+    """Give an appliance seeded by an earlier release the default rules added since (e.g. the
+    admin's right to manage people's accounts, the auditor role), once: a rule an admin revoked
+    afterwards stays revoked."""
+    stored = session.get(Setting, DEFAULTS_REVISION_KEY)
+    revision = int(stored.value) if stored else 1
+    if revision >= DEFAULTS_REVISION:
+        return []
+    present = set(session.execute(select(PolicyRule.role, PolicyRule.object_type,
+                                         PolicyRule.field, PolicyRule.action)).tuples())
+    added = [rule for rule in rules_added_since(revision) if rule.as_tuple() not in present]
+    for rule in added:
+        session.add(PolicyRule(role=rule.role, object_type=rule.object_type, field=rule.field,
+                               action=rule.action))
+    session.merge(Setting(key=DEFAULTS_REVISION_KEY, value=str(DEFAULTS_REVISION)))
+    if added:
+        session.flush()
+        bump_policy_version(session)
+    return added
 
 
 def _bootstrap_admin(session: Session, settings: Settings) -> tuple[str | None, str | None]:

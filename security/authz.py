@@ -27,7 +27,7 @@ READ, READ_MASKED, WRITE, MANAGE = "read", "read_masked", "write", "manage"
 ACTIONS = (READ, READ_MASKED, WRITE, MANAGE)
 SCOPES = ("@own", "@team", "@all")
 #: Objects that are not CRM records: permissions on them are object-level ("@all").
-SYSTEM_OBJECTS = ("client", "policy", "audit", "key")
+SYSTEM_OBJECTS = ("client", "policy", "audit", "key", "user")
 ROLE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
 

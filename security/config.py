@@ -6,10 +6,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from security.errors import ConfigurationError
 
 MAX_TOKEN_LIFETIME = 15 * 60
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 class Secret:
@@ -45,6 +47,17 @@ class Settings:
     token_lifetime: int = 600
     audit_checkpoint_every: int = 64
     max_body_bytes: int = 1_000_000
+    # People's sign-in (docs/signin.md).
+    signin_max_failures: int = 5
+    signin_lockout_seconds: int = 30
+    signin_lockout_max_seconds: int = 3600
+    session_idle_seconds: int = 30 * 60
+    session_max_seconds: int = 8 * 3600
+    # Federation to the organisation's own OIDC provider (off unless oidc_issuer is set).
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: Secret | None = field(default=None)
+    oidc_role_claim: str | None = None
 
     def __post_init__(self) -> None:
         if not 60 <= self.token_lifetime <= MAX_TOKEN_LIFETIME:
@@ -56,6 +69,22 @@ class Settings:
             raise ConfigurationError(f"port must be 1-65535, got {self.port}")
         if self.audit_checkpoint_every < 1:
             raise ConfigurationError("audit_checkpoint_every must be at least 1")
+        if self.signin_max_failures < 1:
+            raise ConfigurationError("signin_max_failures must be at least 1")
+        if not 1 <= self.signin_lockout_seconds <= self.signin_lockout_max_seconds:
+            raise ConfigurationError("the sign-in lock-out must be at least 1 second and at "
+                                     "most signin_lockout_max_seconds")
+        if not 60 <= self.session_idle_seconds <= self.session_max_seconds <= 24 * 3600:
+            raise ConfigurationError("sessions: 60 s <= idle timeout <= maximum <= 24 h")
+        if self.oidc_issuer is not None:
+            if not self.oidc_issuer.startswith(("https://", "http://")):
+                raise ConfigurationError("ENCLAVE_OIDC_ISSUER must be an http(s) URL")
+            if self.oidc_issuer.startswith("http://") and not _is_loopback_url(self.oidc_issuer):
+                raise ConfigurationError("ENCLAVE_OIDC_ISSUER must use https (plain http only "
+                                         "on loopback, for tests)")
+            if not self.oidc_client_id or not self.oidc_client_secret:
+                raise ConfigurationError("federation needs ENCLAVE_OIDC_CLIENT_ID and "
+                                         "ENCLAVE_OIDC_CLIENT_SECRET beside ENCLAVE_OIDC_ISSUER")
 
     @property
     def keys_dir(self) -> Path:
@@ -79,6 +108,17 @@ class Settings:
     def resolved_issuer(self) -> str:
         return self.issuer or f"http://{self.host}:{self.port}"
 
+    @property
+    def cookie_secure(self) -> bool:
+        """Cookies are `Secure` (and `__Host-` named) except in development mode on loopback
+        without TLS: browsers drop Secure cookies over plain http."""
+        return not (self.dev_mode and self.host in _LOOPBACK_HOSTS
+                    and not self.resolved_issuer.startswith("https://"))
+
+    @property
+    def federation_enabled(self) -> bool:
+        return self.oidc_issuer is not None
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Settings from ENCLAVE_* variables; keyword arguments win over the environment."""
@@ -100,7 +140,19 @@ class Settings:
                     raise ConfigurationError(f"{key} must be a whole number") from None
         if env.get("ENCLAVE_HOST"):
             values["host"] = env["ENCLAVE_HOST"]
+        for name, key in (("oidc_issuer", "ENCLAVE_OIDC_ISSUER"),
+                          ("oidc_client_id", "ENCLAVE_OIDC_CLIENT_ID"),
+                          ("oidc_role_claim", "ENCLAVE_OIDC_ROLE_CLAIM")):
+            if env.get(key):
+                values[name] = env[key].rstrip("/") if name == "oidc_issuer" else env[key]
+        if env.get("ENCLAVE_OIDC_CLIENT_SECRET"):
+            values["oidc_client_secret"] = Secret(env["ENCLAVE_OIDC_CLIENT_SECRET"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(values.get("data_dir"), str):
             values["data_dir"] = Path(str(values["data_dir"])).absolute()
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host in _LOOPBACK_HOSTS or host.startswith("127.")

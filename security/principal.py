@@ -11,8 +11,10 @@ class Principal:
     name: str
     roles: tuple[str, ...]
     team: str | None = None
-    #: "client" (OAuth2 client), "operator" (the local CLI).
+    #: "client" (OAuth2 client), "user" (a signed-in person), "operator" (the local CLI).
     kind: str = "client"
+    #: For a person: the sign-in session their token came from (ending it ends the token).
+    session_id: str | None = None
 
     @property
     def actor(self) -> str:

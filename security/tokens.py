@@ -1,15 +1,18 @@
 """Access tokens: JWTs signed with the appliance's Ed25519 token key (JOSE alg "Ed25519").
 
-Claims: iss, aud, sub, exp, iat, nbf, jti, roles, team. Verification accepts only our algorithm,
-our keys (by kid), our issuer and audience, an unexpired token; the caller then checks that the
-client has not been revoked.
+Claims: iss, aud, sub, exp, iat, nbf, jti, roles, team; tokens issued to people through the
+authorization-code flow also carry kind ("user"), sid (their sign-in session) and scope.
+Verification accepts only our algorithm, our keys (by kid), our issuer and audience, an unexpired
+token; the caller then checks that the client (or person, and session) is still active.
+
+The same key signs OpenID Connect ID tokens (`id_token_key`).
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from joserfc import errors as jose_errors
@@ -43,13 +46,15 @@ class TokenService:
                                              "alg": ALGORITHM}))
         self._public = KeySet(public)
 
-    def issue(self, *, subject: str, roles: Sequence[str], team: str | None) -> dict[str, Any]:
+    def issue(self, *, subject: str, roles: Sequence[str], team: str | None,
+              extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         now = int(time.time())
-        claims = {
+        claims: dict[str, Any] = dict(extra or {})
+        claims.update({
             "iss": self.issuer, "aud": self.audience, "sub": subject,
             "iat": now, "nbf": now, "exp": now + self.lifetime,
             "jti": secrets.token_urlsafe(16), "roles": list(roles), "team": team,
-        }
+        })
         token = jwt.encode({"alg": ALGORITHM, "kid": _kid(self._version), "typ": "at+jwt"},
                            claims, self._signing, algorithms=[ALGORITHM])
         return {"access_token": token, "token_type": "Bearer", "expires_in": self.lifetime}
@@ -81,6 +86,10 @@ class TokenService:
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise Unauthenticated("access token carries no roles")
         return claims
+
+    def id_token_key(self) -> tuple[OKPKey, str]:
+        """The current signing key and its kid, for ID tokens (alg Ed25519)."""
+        return self._signing, _kid(self._version)
 
     def jwks(self) -> dict[str, Any]:
         return dict(self._public.as_dict(private=False))

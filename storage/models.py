@@ -1,4 +1,5 @@
-"""SQLAlchemy models: the tables of the security kernel and the first two CRM objects.
+"""SQLAlchemy models: the tables of the security kernel, people's sign-in and the first two CRM
+objects.
 
 Personal fields are `SealedColumn`s (ciphertext only); their blind indexes sit beside them.
 """
@@ -194,3 +195,90 @@ class AuditCheckpoint(Base):
     next_due: Mapped[int] = mapped_column(BigInteger)
     key_version: Mapped[int] = mapped_column(Integer)
     signature: Mapped[str] = mapped_column(String(200))
+
+
+# -- people's sign-in (docs/signin.md) ---------------------------------------------------------
+
+class User(Base):
+    """A person who signs in: a local password (argon2id), TOTP for the roles that need it."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    #: Normalised (NFKC, trimmed, lower-case); unique.
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    #: None: no local password (signs in through the organisation's provider only).
+    password_hash: Mapped[str | None] = mapped_column(String(200))
+    roles: Mapped[list[str]] = mapped_column(JSON)
+    team: Mapped[str | None] = mapped_column(String(100))
+    #: The TOTP secret, sealed under the user's own subject key (crypto-shreddable).
+    totp_secret: Mapped[Sealed | None] = mapped_column(SealedColumn)
+    #: The last TOTP time step accepted: a code is never accepted twice.
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
+    failed_count: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_signin_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    disabled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class UserSession(Base):
+    """A browser's sign-in session. Only the SHA-256 of the cookie's secret is stored.
+
+    `stage`: anonymous (the sign-in page was shown), password (first factor done, TOTP due),
+    full (signed in)."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("users.id"), index=True)
+    stage: Mapped[str] = mapped_column(String(16))
+    #: The roles this session acts with (the user's, narrowed by a federated role claim).
+    roles: Mapped[list[str] | None] = mapped_column(JSON)
+    #: Authentication methods (RFC 8176): pwd, otp, fed.
+    amr: Mapped[list[str] | None] = mapped_column(JSON)
+    #: State of a federated sign-in under way.
+    pending: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    authenticated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebClient(Base):
+    """An application that signs people in with the authorization-code flow (PKCE, S256)."""
+
+    __tablename__ = "web_clients"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    redirect_uris: Mapped[list[str]] = mapped_column(JSON)
+    #: None: a public client (no secret; PKCE alone binds the code to it).
+    secret_hash: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuthorizationCode(Base):
+    """A single-use, short-lived authorization code. Only its SHA-256 is stored."""
+
+    __tablename__ = "authorization_codes"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str] = mapped_column(String(36), ForeignKey("users.id"), index=True)
+    session_id: Mapped[str] = mapped_column(String(36))
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    scope: Mapped[str] = mapped_column(String(200))
+    nonce: Mapped[str | None] = mapped_column(String(255))
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    code_challenge_method: Mapped[str] = mapped_column(String(8))
+    roles: Mapped[list[str]] = mapped_column(JSON)
+    amr: Mapped[list[str]] = mapped_column(JSON)
+    auth_time: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

@@ -202,8 +202,9 @@ GRANT_ERRORS = [
     ({"grant_type": ""}, "unsupported_grant_type"),
     ({"grant_type": "password", "username": "admin", "password": "admin"},
      "unsupported_grant_type"),
+    # A client-credentials client may not use the people's grant (RFC 6749 §5.2).
     ({"grant_type": "authorization_code", "code": "abc", "redirect_uri": "http://x"},
-     "unsupported_grant_type"),
+     "unauthorized_client"),
     ({"grant_type": "refresh_token", "refresh_token": "abc"}, "unsupported_grant_type"),
     ({"grant_type": "implicit"}, "unsupported_grant_type"),
     ({"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": "x.y.z"},
@@ -449,9 +450,10 @@ def test_openid_configuration_names_the_endpoints(appliance: Appliance,
     assert config["issuer"] == issuer
     assert config["token_endpoint"] == f"{issuer}/oauth/token"
     assert config["jwks_uri"] == f"{issuer}/.well-known/jwks.json"
-    assert config["grant_types_supported"] == ["client_credentials"]
+    assert config["grant_types_supported"] == ["client_credentials", "authorization_code"]
+    # "none": public web clients of the authorization-code flow, bound by PKCE instead.
     assert set(config["token_endpoint_auth_methods_supported"]) == {"client_secret_basic",
-                                                                    "client_secret_post"}
+                                                                    "client_secret_post", "none"}
     # The issuer it names is the one tokens carry.
     client_id, secret = new_client(appliance, "sales_rep", team="east")
     assert parts(issue_token(http, client_id, secret))[1]["iss"] == config["issuer"]

@@ -10,8 +10,9 @@ from schema.context import RequestContext
 from schema.runtime import KEYS_VERSION_KEY
 from security import keys
 from security.authz import MANAGE
+from security.totp_seal import reseal_to_current
 from storage.counters import bump_counter
-from storage.models import Contact
+from storage.models import Contact, SubjectKey, User
 
 OBJECT = "contact"
 
@@ -48,8 +49,22 @@ def reencrypt_batch(ctx: RequestContext, *, batch_size: int = 200) -> ReencryptB
     for contact in rows:
         ctx.guard.seal_fields(OBJECT, contact, {})
     ctx.session.flush()
-    remaining = ctx.session.scalar(
-        select(func.count()).select_from(Contact).where(Contact.key_version != target)) or 0
+    # People's TOTP secrets sit under their own subject keys too (security.totp_seal).
+    stale_people = select(SubjectKey.subject_id).where(SubjectKey.version != target)
+    people = list(ctx.session.scalars(
+        select(User).where(User.id.in_(stale_people)).order_by(User.id)
+        .limit(batch_size).with_for_update(skip_locked=True)))
+    for user in people:
+        user.totp_secret = reseal_to_current(ctx.appliance.keyring, ctx.session, user.id,
+                                             user.totp_secret)
+    ctx.session.flush()
+    if people:
+        ctx.audit("key.reencrypt", object_type="user", object_ids=[u.id for u in people],
+                  fields=[f"to:{keys.FIELD}:{target}"])
+    remaining = (ctx.session.scalar(
+        select(func.count()).select_from(Contact).where(Contact.key_version != target)) or 0) \
+        + (ctx.session.scalar(select(func.count()).select_from(User)
+                              .where(User.id.in_(stale_people))) or 0)
     retired: list[int] = []
     if remaining == 0:
         retired = keys.retire_unused_field_versions(ctx.session)
@@ -58,4 +73,4 @@ def reencrypt_batch(ctx: RequestContext, *, batch_size: int = 200) -> ReencryptB
     if rows or retired:
         ctx.audit("key.reencrypt", object_type=OBJECT, object_ids=[c.id for c in rows],
                   fields=[f"to:{keys.FIELD}:{target}"] + [f"retired:{v}" for v in retired])
-    return ReencryptBatch(len(rows), remaining, target, tuple(retired))
+    return ReencryptBatch(len(rows) + len(people), remaining, target, tuple(retired))
