@@ -156,7 +156,10 @@ step "first start, in a throwaway overlay: credential, PostgreSQL setup, enclave
 OVL=$WORK/overlay
 SERVE_PID=
 smoke_cleanup() {
-  [ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null
+  if [ -n "$SERVE_PID" ]; then
+    kill "$SERVE_PID" 2>/dev/null || true
+    wait "$SERVE_PID" 2>/dev/null || true   # 143: it was terminated, as asked
+  fi
   SERVE_PID=
   if mountpoint -q "$OVL/merged/proc"; then
     chroot "$OVL/merged" pg_ctlcluster --skip-systemctl-redirect 15 main stop -m fast >/dev/null 2>&1 || true
