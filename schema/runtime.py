@@ -207,8 +207,8 @@ def _add_later_default_rules(session: Session) -> list[Rule]:
     revision = int(stored.value) if stored else 1
     if revision >= DEFAULTS_REVISION:
         return []
-    present = set(session.execute(select(PolicyRule.role, PolicyRule.object_type,
-                                         PolicyRule.field, PolicyRule.action)).tuples())
+    present = {tuple(row) for row in session.execute(select(
+        PolicyRule.role, PolicyRule.object_type, PolicyRule.field, PolicyRule.action))}
     added = [rule for rule in rules_added_since(revision) if rule.as_tuple() not in present]
     for rule in added:
         session.add(PolicyRule(role=rule.role, object_type=rule.object_type, field=rule.field,
