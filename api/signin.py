@@ -39,11 +39,11 @@ from security.audit import AuditEntry
 from security.errors import Unauthenticated
 from storage.models import User
 
-ISSUER_URI = "https://enclave.local/oauth/authorize"  # authlib wants https; TLS is in front
+AUTHORIZE_URI = "https://enclave.local/oauth/authorize"  # authlib wants https; TLS is in front
 
 
 def authorize_request(params: dict[str, str]) -> OAuth2Request:
-    request = OAuth2Request("GET", ISSUER_URI)
+    request = OAuth2Request("GET", AUTHORIZE_URI)
     request.payload = BasicOAuth2Payload(params)
     return request
 
