@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import getpass
 import json
 import logging
@@ -14,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from api.cli_audit import audit_app
 from api.cli_backup import backup_app
 from api.cli_preflight import preflight_app
 from api.cli_users import users_app, web_clients_app
@@ -25,7 +27,6 @@ app = typer.Typer(help="Enclave: the security-hardened CRM appliance.", no_args_
                   pretty_exceptions_enable=False, add_completion=False)
 clients_app = typer.Typer(help="API clients (internal applications).", no_args_is_help=True)
 keys_app = typer.Typer(help="Key rotation and re-encryption.", no_args_is_help=True)
-audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(clients_app, name="clients")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
@@ -70,7 +71,10 @@ def _open() -> Any:
     from schema.runtime import Appliance
     settings = _settings()
     _warn_dev(settings)
-    return Appliance.open(settings)
+    appliance = Appliance.open(settings)
+    if appliance.shipper is not None:  # ship a checkpoint the command signed before it ends
+        atexit.register(appliance.shipper.close)
+    return appliance
 
 
 @app.callback()
@@ -218,42 +222,6 @@ def keys_reencrypt(
         if batch.retired_versions else ""
     out.print(f"re-encrypted {moved} contacts to field key version {batch.target_version}"
               f"{retired}")
-
-
-@audit_app.command("verify")
-def audit_verify(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Check the hash chain and signed checkpoints; exit 1 naming the first bad entry."""
-    from schema.context import unit_of_work
-    from schema.ops import audit_log
-    appliance = _open()
-    with unit_of_work(appliance, _operator("security_officer")) as ctx:
-        report = audit_log.verify(ctx)
-    if as_json:
-        print(json.dumps({"ok": report.ok, "entries": report.entries,
-                          "checkpoints": report.checkpoints, "first_bad_seq": report.first_bad_seq,
-                          "problem": report.problem, "notes": report.notes}))
-    elif report.ok:
-        out.print(f"audit log intact: {report.entries} entries, {report.checkpoints} signed "
-                  "checkpoints", highlight=False)
-        for note in report.notes:
-            out.print(f"  note: {note}", highlight=False)
-    if not report.ok:
-        err.print(f"enclave: audit log TAMPERED: first bad entry {report.first_bad_seq}: "
-                  f"{report.problem}", highlight=False)
-        raise typer.Exit(EXIT_FAILED)
-
-
-@audit_app.command("checkpoint")
-def audit_checkpoint() -> None:
-    """Sign the current end of the log now."""
-    from security import audit
-    appliance = _open()
-    with appliance.sessions() as session, session.begin():
-        checkpoint = audit.checkpoint_now(
-            session, appliance.keyring,
-            checkpoint_every=appliance.settings.audit_checkpoint_every)
-    out.print(f"signed checkpoint at entry {checkpoint.seq}" if checkpoint
-              else "the end of the log is already signed")
 
 
 @app.command()

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from security import audit, keys
 from security.audit import AuditEntry
+from security.audit_ship import Shipper
 from security.authz import (
     POLICY_VERSION_KEY,
     Authoriser,
@@ -52,6 +53,9 @@ class Appliance:
         self.unguarded = unsafe_unguarded_for_benchmark
         self.engine = engine
         self.sessions: sessionmaker[Session] = make_session_factory(engine)
+        #: Ships each signed audit checkpoint to ENCLAVE_AUDIT_SYSLOG after its commit.
+        self.shipper = Shipper(settings.audit_syslog, self.sessions) \
+            if settings.audit_syslog else None
         self._kek = kek
         self.authoriser = Authoriser()
         self._lock = threading.Lock()
@@ -126,6 +130,8 @@ class Appliance:
         return all(v == "ok" for v in checks.values()), checks
 
     def close(self) -> None:
+        if self.shipper is not None:
+            self.shipper.close()
         self.engine.dispose()
 
 

@@ -1,10 +1,20 @@
-"""The tamper-evident audit log: a hash chain with signed checkpoints.
+"""The tamper-evident audit log: a hash chain, an RFC 9162 Merkle tree, signed checkpoints.
 
 Each entry stores the previous entry's hash and its own, SHA-256 over a canonical JSON encoding
-of every column. Every `checkpoint_every` entries, the appliance's Ed25519 key signs
-(sequence number, hash, time). `verify` walks the chain and names the first entry that no longer
-matches: an edited, deleted, inserted or reordered row breaks the chain at that row, and a chain
-rewritten from some row on no longer matches the next signed checkpoint.
+of every column (`canonical`). The same bytes are the leaves of a Merkle tree (RFC 9162: leaf
+SHA-256(0x00 || bytes), node SHA-256(0x01 || left || right)). Every `checkpoint_every` entries,
+the appliance's Ed25519 key signs a checkpoint note (`security.checkpoint_note`): origin, tree
+size, root, time, and the size by which the next checkpoint is promised.
+
+`verify` walks the log once, keeping the chain and an O(log n) compact tree, and names the first
+entry that no longer matches: an edited, deleted, inserted or reordered row breaks the chain at
+that row, and a log rewritten from some row on no longer has the root the next signed
+checkpoint states. Inclusion and consistency proofs (`security.audit_evidence`) let anyone check
+exported entries and checkpoints against the public key alone (`security.verify_standalone`).
+
+Appending signs a checkpoint by growing the tree from where the previous checkpoint left it:
+its compact tree is kept in the settings row `audit_tree`, checked against that checkpoint's
+signed root before use and rebuilt from the entries when it does not match.
 """
 
 from __future__ import annotations
@@ -13,20 +23,37 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import CursorResult, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from security import checkpoint_note
+from security.errors import EnclaveError
 from security.keys import AUDIT_SIGNING, KeyRing
-from storage.models import AuditCheckpoint, AuditEvent, AuditHead
+from security.merkle import Frontier, leaf_hash
+from storage.models import AuditCheckpoint, AuditEvent, AuditHead, Setting
 
 GENESIS_HASH = "0" * 64
+#: Settings row holding the compact Merkle tree as of the last checkpoint.
+TREE_SETTING = "audit_tree"
+#: Set in `session.info` when a checkpoint was signed in the session (for shipping it).
+CHECKPOINT_SIGNED = "enclave.audit.checkpoint_signed"
+
+log = logging.getLogger("enclave.audit")
+
+#: The columns `canonical` reads, for Core queries that walk the log.
+CANONICAL_COLUMNS = (
+    AuditEvent.seq, AuditEvent.ts, AuditEvent.actor, AuditEvent.roles, AuditEvent.action,
+    AuditEvent.object_type, AuditEvent.object_ids, AuditEvent.fields, AuditEvent.decision,
+    AuditEvent.reason, AuditEvent.request_id, AuditEvent.prev_hash,
+)
 
 
 @dataclass(frozen=True)
@@ -61,7 +88,13 @@ def entry_hash(row: AuditEvent | Any) -> str:
     return hashlib.sha256(canonical(row)).hexdigest()
 
 
-def _checkpoint_message(seq: int, hash_: str, ts: str, next_due: int) -> bytes:
+def entry_leaf(row: AuditEvent | Any) -> bytes:
+    """The entry's Merkle leaf hash."""
+    return leaf_hash(canonical(row))
+
+
+def _legacy_message(seq: int, hash_: str, ts: str, next_due: int) -> bytes:
+    """What checkpoints signed before signed notes signed (chain hash, not Merkle root)."""
     return f"enclave-audit-checkpoint/v1\n{seq}\n{hash_}\n{ts}\n{next_due}\n".encode()
 
 
@@ -105,36 +138,94 @@ def append(session: Session, entries: Iterable[AuditEntry], *, keyring: KeyRing,
     session.execute(insert(AuditEvent), rows)
     head: dict[str, Any] = {"seq": seq, "hash": prev_hash}
     if seq >= due:
-        head["checkpoint_due"] = _sign_checkpoint(session, keyring, seq, prev_hash,
+        head["checkpoint_due"] = _sign_checkpoint(session, keyring, seq,
                                                   checkpoint_every).next_due
     session.execute(update(AuditHead).where(AuditHead.id == 1).values(**head))
     return [int(row["seq"]) for row in rows]
 
 
-def _sign_checkpoint(session: Session, keyring: KeyRing, seq: int, hash_: str,
+def _sign_checkpoint(session: Session, keyring: KeyRing, seq: int,
                      checkpoint_every: int) -> AuditCheckpoint:
-    """Sign (seq, hash). The signature also promises the next checkpoint by `next_due`, so
-    deleting later checkpoints (to hide a rewritten tail) breaks a signed promise."""
+    """Sign the tree of entries 1..seq as a checkpoint note. The note also promises the next
+    checkpoint by `next_due`, so deleting later checkpoints (to hide a rewritten tail) breaks a
+    signed promise. The caller holds the head row's lock."""
+    root = _tree_at(session, seq).root()
     ts = _now()
     next_due = seq + checkpoint_every
     version = keyring.current_version(AUDIT_SIGNING)
-    signature = keyring.signing_key(AUDIT_SIGNING, version).sign(
-        _checkpoint_message(seq, hash_, ts, next_due))
-    values = {"seq": seq, "hash": hash_, "ts": ts, "next_due": next_due, "key_version": version,
-              "signature": base64.b64encode(signature).decode()}
+    name = checkpoint_note.appliance_origin(session)
+    line = checkpoint_note.sign(checkpoint_note.body(name, seq, root, ts, next_due), name,
+                                keyring.signing_key(AUDIT_SIGNING, version))
+    values = {"seq": seq, "hash": root.hex(), "ts": ts, "next_due": next_due,
+              "key_version": version, "signature": line}
     session.execute(insert(AuditCheckpoint).values(**values))
+    session.info[CHECKPOINT_SIGNED] = True
     return AuditCheckpoint(**values)  # a detached copy for the caller to read
+
+
+def _tree_at(session: Session, seq: int) -> Frontier:
+    """The compact Merkle tree of entries 1..seq, grown from the one the last checkpoint left
+    (rebuilt from every entry when that one is missing or does not match its signed root)."""
+    stored = _load_tree(session)
+    last = session.execute(
+        select(AuditCheckpoint.seq, AuditCheckpoint.hash, AuditCheckpoint.signature)
+        .order_by(AuditCheckpoint.seq.desc()).limit(1)).first()
+    if (stored is not None and last is not None and stored.size == last.seq <= seq
+            and checkpoint_note.signature_name(last.signature) is not None
+            and stored.root().hex() == last.hash):
+        tree = stored
+    else:
+        if stored is not None:
+            log.warning("the stored audit Merkle tree does not match the last signed "
+                        "checkpoint; rebuilding it from the entries")
+        tree = Frontier()
+    rows = session.execute(select(*CANONICAL_COLUMNS)
+                           .where(AuditEvent.seq > tree.size, AuditEvent.seq <= seq)
+                           .order_by(AuditEvent.seq).execution_options(yield_per=1000))
+    for row in rows:
+        if row.seq != tree.size + 1:
+            raise EnclaveError(f"audit entry {tree.size + 1} is missing; no checkpoint can be "
+                               "signed: run `enclave audit verify`")
+        try:
+            tree.append(entry_leaf(row))
+        except (ValueError, TypeError):
+            raise EnclaveError(f"audit entry {row.seq} no longer holds what was appended; no "
+                               "checkpoint can be signed: run `enclave audit verify`") from None
+    if tree.size != seq:
+        raise EnclaveError(f"the audit log ends at {tree.size}, not {seq}; no checkpoint can be "
+                           "signed: run `enclave audit verify`")
+    _save_tree(session, tree)
+    return tree
+
+
+def _load_tree(session: Session) -> Frontier | None:
+    value = session.scalar(select(Setting.value).where(Setting.key == TREE_SETTING))
+    if value is None:
+        return None
+    try:
+        state = json.loads(value)
+        return Frontier(int(state["size"]), [bytes.fromhex(h) for h in state["hashes"]])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _save_tree(session: Session, tree: Frontier) -> None:
+    value = _json({"size": tree.size, "hashes": [h.hex() for h in tree.hashes]})
+    changed = cast(CursorResult[Any], session.execute(
+        update(Setting).where(Setting.key == TREE_SETTING).values(value=value)))
+    if not changed.rowcount:
+        session.execute(insert(Setting).values(key=TREE_SETTING, value=value))
 
 
 def checkpoint_now(session: Session, keyring: KeyRing, *,
                    checkpoint_every: int = 64) -> AuditCheckpoint | None:
     """Sign the current head, unless it is already signed or the log is empty."""
-    seq, hash_ = session.execute(
-        select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
-    ).one()
+    seq = session.execute(
+        select(AuditHead.seq).where(AuditHead.id == 1).with_for_update()
+    ).scalar_one()
     if seq == 0 or session.get(AuditCheckpoint, seq) is not None:
         return None
-    checkpoint = _sign_checkpoint(session, keyring, seq, hash_, checkpoint_every)
+    checkpoint = _sign_checkpoint(session, keyring, seq, checkpoint_every)
     session.execute(update(AuditHead).where(AuditHead.id == 1)
                     .values(checkpoint_due=checkpoint.next_due))
     return checkpoint
@@ -147,6 +238,9 @@ class VerifyReport:
     first_bad_seq: int | None = None
     problem: str | None = None
     last_checkpoint: int | None = None
+    #: The Merkle tree of the whole log as verified (root in hex).
+    tree_size: int = 0
+    root: str | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -161,6 +255,8 @@ def verify(session: Session, keyring: KeyRing) -> VerifyReport:
         for v in keyring.versions(AUDIT_SIGNING)
     }
     checkpoints = {c.seq: c for c in session.scalars(select(AuditCheckpoint))}
+    origin = checkpoint_note.appliance_origin(session)
+    tree = Frontier()
     good_checkpoint = 0
     promised_by = 0  # the next checkpoint the last good one promised
 
@@ -179,14 +275,15 @@ def verify(session: Session, keyring: KeyRing) -> VerifyReport:
             if row.prev_hash != prev_hash:
                 return fail(row.seq, f"entry {row.seq} does not follow entry {row.seq - 1}")
             try:
-                altered = entry_hash(row) != row.hash
+                data = canonical(row)
             except (ValueError, TypeError):  # a column no longer holds what append wrote
-                altered = True
-            if altered:
+                data = None
+            if data is None or hashlib.sha256(data).hexdigest() != row.hash:
                 return fail(row.seq, f"entry {row.seq} was altered (its hash no longer matches)")
+            tree.append(leaf_hash(data))
             checkpoint = checkpoints.get(row.seq)
             if checkpoint is not None:
-                problem = _checkpoint_problem(checkpoint, row.hash, public_keys)
+                problem = _checkpoint_problem(checkpoint, row.hash, tree, public_keys, origin)
                 if problem:
                     # Everything after the last good checkpoint is no longer proven.
                     return fail(good_checkpoint + 1, problem)
@@ -217,25 +314,36 @@ def verify(session: Session, keyring: KeyRing) -> VerifyReport:
         return fail(head.seq + 1 if head.seq < last_seq else last_seq,
                     "the log's head does not match its last entry")
     report.last_checkpoint = good_checkpoint or None
+    report.tree_size, report.root = tree.size, tree.root().hex()
     if last_seq > good_checkpoint:
         report.notes.append(
             f"entries {good_checkpoint + 1}-{last_seq} are chained but not yet signed")
     return report
 
 
-def _checkpoint_problem(checkpoint: AuditCheckpoint, chain_hash: str,
-                        public_keys: dict[int, Ed25519PublicKey]) -> str | None:
+def _checkpoint_problem(checkpoint: AuditCheckpoint, chain_hash: str, tree: Frontier,
+                        public_keys: dict[int, Ed25519PublicKey], origin: str) -> str | None:
     key = public_keys.get(checkpoint.key_version)
     if key is None:
         return f"checkpoint at {checkpoint.seq} names an unknown signing key"
-    try:
-        key.verify(base64.b64decode(checkpoint.signature),
-                   _checkpoint_message(checkpoint.seq, checkpoint.hash, checkpoint.ts,
+    name = checkpoint_note.signature_name(checkpoint.signature)
+    if name is None:  # signed before checkpoints were notes: it signs the chain hash
+        try:
+            key.verify(base64.b64decode(checkpoint.signature),
+                       _legacy_message(checkpoint.seq, checkpoint.hash, checkpoint.ts,
                                        checkpoint.next_due))
-    except (InvalidSignature, ValueError):
+        except (InvalidSignature, ValueError):
+            return f"checkpoint at {checkpoint.seq} has a bad signature"
+        if checkpoint.hash != chain_hash:
+            return f"the chain up to entry {checkpoint.seq} differs from its signed checkpoint"
+        return None
+    if not checkpoint_note.verify_row(checkpoint, key):
         return f"checkpoint at {checkpoint.seq} has a bad signature"
-    if checkpoint.hash != chain_hash:
-        return f"the chain up to entry {checkpoint.seq} differs from its signed checkpoint"
+    if name != origin:
+        return f"checkpoint at {checkpoint.seq} belongs to another log ({name})"
+    if checkpoint.hash != tree.root().hex():
+        return (f"the log up to entry {checkpoint.seq} differs from its signed checkpoint "
+                "(another Merkle root)")
     return None
 
 

@@ -34,6 +34,40 @@ class Secret:
         return bool(self._value)
 
 
+@dataclass(frozen=True)
+class SyslogTarget:
+    """Where signed audit checkpoints are shipped: `udp://host:port` or `tcp://host:port`."""
+
+    transport: str
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if self.transport not in ("udp", "tcp"):
+            raise ConfigurationError(f"audit syslog transport must be udp or tcp, not "
+                                     f"{self.transport!r}")
+        if not self.host:
+            raise ConfigurationError("audit syslog destination has no host")
+        if not 1 <= self.port <= 65535:
+            raise ConfigurationError(f"audit syslog port must be 1-65535, got {self.port}")
+
+    @classmethod
+    def parse(cls, url: str) -> SyslogTarget:
+        parts = urlsplit(url.strip())
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if port is None or parts.path not in ("", "/") or parts.query or parts.username:
+            raise ConfigurationError(f"ENCLAVE_AUDIT_SYSLOG must look like udp://host:514 or "
+                                     f"tcp://host:6514, not {url!r}")
+        return cls(parts.scheme, parts.hostname or "", port)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}://{host}:{self.port}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     data_dir: Path
@@ -46,6 +80,8 @@ class Settings:
     audience: str = "enclave-api"
     token_lifetime: int = 600
     audit_checkpoint_every: int = 64
+    #: Ship every signed audit checkpoint here (RFC 5424 syslog), best effort.
+    audit_syslog: SyslogTarget | None = None
     max_body_bytes: int = 1_000_000
     # People's sign-in (docs/signin.md).
     signin_max_failures: int = 5
@@ -140,6 +176,8 @@ class Settings:
                     raise ConfigurationError(f"{key} must be a whole number") from None
         if env.get("ENCLAVE_HOST"):
             values["host"] = env["ENCLAVE_HOST"]
+        if env.get("ENCLAVE_AUDIT_SYSLOG"):
+            values["audit_syslog"] = SyslogTarget.parse(env["ENCLAVE_AUDIT_SYSLOG"])
         for name, key in (("oidc_issuer", "ENCLAVE_OIDC_ISSUER"),
                           ("oidc_client_id", "ENCLAVE_OIDC_CLIENT_ID"),
                           ("oidc_role_claim", "ENCLAVE_OIDC_ROLE_CLAIM")):

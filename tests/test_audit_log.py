@@ -8,7 +8,6 @@ changed, and `security.audit.verify` must name the first entry that no longer ma
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ from schema.context import RequestContext, unit_of_work
 from schema.ops import audit_log
 from schema.ops import contacts as contact_ops
 from schema.runtime import Appliance
-from security import audit
+from security import audit, checkpoint_note, merkle
 from security.errors import Forbidden
 from security.principal import Principal
 from storage.models import AuditEvent, AuditHead, Contact
@@ -443,14 +442,16 @@ def insert_forged(conn: Connection, seq: int) -> None:
 
 
 def resign(conn: Connection, seq: int, key: Ed25519PrivateKey) -> None:
-    """Replace checkpoint `seq` with one for the current chain, signed with `key`."""
-    checkpoint = conn.execute(text("SELECT ts, next_due, key_version FROM audit_checkpoints "
+    """Replace checkpoint `seq` with a well-formed note for the log as it now stands (the Merkle
+    root of entries 1..seq), signed with `key` under the log's own name."""
+    checkpoint = conn.execute(text("SELECT ts, next_due, signature FROM audit_checkpoints "
                                    "WHERE seq = :s"), {"s": seq}).one()
-    chain_hash = row_hash(conn, seq)
-    message = (f"enclave-audit-checkpoint/v1\n{seq}\n{chain_hash}\n{checkpoint.ts}\n"
-               f"{checkpoint.next_due}\n").encode()
+    name = checkpoint_note.signature_name(checkpoint.signature)
+    assert name is not None and name.startswith("enclave/")
+    root = merkle.root(audit.entry_leaf(load_event(conn, s)) for s in range(1, seq + 1))
+    body = checkpoint_note.body(name, seq, root, checkpoint.ts, checkpoint.next_due)
     conn.execute(text("UPDATE audit_checkpoints SET hash = :h, signature = :sig WHERE seq = :s"),
-                 {"h": chain_hash, "sig": base64.b64encode(key.sign(message)).decode(), "s": seq})
+                 {"h": root.hex(), "sig": checkpoint_note.sign(body, name, key), "s": seq})
 
 
 def test_an_intact_log_verifies(appliance: Appliance) -> None:

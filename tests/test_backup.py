@@ -145,7 +145,10 @@ def _by_key(name: str, rows: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], tup
 
 
 def _settings_without_counters(rows: list[tuple[Any, ...]]) -> dict[str, str]:
-    return {k: v for k, v in rows if k not in ("keys_version", "policy_version")}
+    # The audit log's own state (its compact Merkle tree, what was shipped) moves on with the
+    # restore's audit entry and checkpoint.
+    return {k: v for k, v in rows if k not in ("keys_version", "policy_version", "audit_tree",
+                                                "audit_shipped")}
 
 
 # -- round trips ------------------------------------------------------------------------------
