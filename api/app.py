@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import federation, signin
+from api import console, federation, signin
 from api.auth import principal_from_token, require_active
 from api.oauth import token_response
 from api.oauth_code import SCOPES
@@ -192,6 +192,7 @@ def create_app(appliance: Appliance) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         *signin.routes(appliance),
         *federation.routes(appliance),
+        *console.routes(appliance),
         Mount("/static", StaticFiles(packages=[("api", "static")]), name="static"),
     ]
     app = Starlette(routes=routes)

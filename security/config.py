@@ -94,6 +94,12 @@ class Settings:
     oidc_client_id: str | None = None
     oidc_client_secret: Secret | None = field(default=None)
     oidc_role_claim: str | None = None
+    # The audit console's anomaly thresholds (docs/console.md).
+    console_burst_reads: int = 50
+    console_burst_minutes: int = 5
+    console_work_hours: tuple[int, int] = (7, 19)
+    console_bulk_records: int = 100
+    console_window_days: int = 7
 
     def __post_init__(self) -> None:
         if not 60 <= self.token_lifetime <= MAX_TOKEN_LIFETIME:
@@ -121,6 +127,14 @@ class Settings:
             if not self.oidc_client_id or not self.oidc_client_secret:
                 raise ConfigurationError("federation needs ENCLAVE_OIDC_CLIENT_ID and "
                                          "ENCLAVE_OIDC_CLIENT_SECRET beside ENCLAVE_OIDC_ISSUER")
+        if self.console_burst_reads < 1 or not 1 <= self.console_burst_minutes <= 24 * 60:
+            raise ConfigurationError("console bursts: at least 1 read in 1-1440 minutes")
+        start, end = self.console_work_hours
+        if not 0 <= start < end <= 24:
+            raise ConfigurationError("ENCLAVE_CONSOLE_WORK_HOURS must look like 7-19 (UTC hours, "
+                                     "start before end)")
+        if self.console_bulk_records < 1 or not 1 <= self.console_window_days <= 366:
+            raise ConfigurationError("console: bulk records at least 1, window 1-366 days")
 
     @property
     def keys_dir(self) -> Path:
@@ -185,10 +199,31 @@ class Settings:
                 values[name] = env[key].rstrip("/") if name == "oidc_issuer" else env[key]
         if env.get("ENCLAVE_OIDC_CLIENT_SECRET"):
             values["oidc_client_secret"] = Secret(env["ENCLAVE_OIDC_CLIENT_SECRET"])
+        values.update(_console_from_env(env))
         values.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(values.get("data_dir"), str):
             values["data_dir"] = Path(str(values["data_dir"])).absolute()
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _console_from_env(env: Mapping[str, str]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for name, key in (("console_burst_reads", "ENCLAVE_CONSOLE_BURST_READS"),
+                      ("console_burst_minutes", "ENCLAVE_CONSOLE_BURST_MINUTES"),
+                      ("console_bulk_records", "ENCLAVE_CONSOLE_BULK_RECORDS"),
+                      ("console_window_days", "ENCLAVE_CONSOLE_WINDOW_DAYS")):
+        if env.get(key):
+            try:
+                values[name] = int(env[key])
+            except ValueError:
+                raise ConfigurationError(f"{key} must be a whole number") from None
+    hours = env.get("ENCLAVE_CONSOLE_WORK_HOURS")
+    if hours:
+        start, _, end = hours.partition("-")
+        if not (start.strip().isdigit() and end.strip().isdigit()):
+            raise ConfigurationError("ENCLAVE_CONSOLE_WORK_HOURS must look like 7-19")
+        values["console_work_hours"] = (int(start), int(end))
+    return values
 
 
 def _is_loopback_url(url: str) -> bool:
