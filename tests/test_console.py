@@ -3,6 +3,9 @@ page shows, CSRF on its forms, the Content-Security-Policy, assets served from t
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import io
 import json
 import re
 from pathlib import Path
@@ -17,11 +20,11 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from schema.context import unit_of_work
-from schema.ops import policies
+from schema.ops import audit_log, audit_review, policies
 from schema.runtime import Appliance
 from security.authz import Rule
 from security.config import Settings
-from security.errors import ConfigurationError
+from security.errors import ConfigurationError, Forbidden
 
 STATIC = Path(__file__).resolve().parent.parent / "api" / "static"
 PAGES = ("/console/", "/console/person", "/console/anomalies", "/console/policy",
@@ -198,3 +201,34 @@ def test_console_thresholds_come_from_the_environment(tmp_path: Path) -> None:
                 {"ENCLAVE_CONSOLE_WINDOW_DAYS": "0"}):
         with pytest.raises(ConfigurationError):
             Settings.from_env({"ENCLAVE_DATA_DIR": str(tmp_path), **bad})
+
+
+def test_anomalies_find_bursts_off_hours_reads_and_bulk_exports(appliance: Appliance) -> None:
+    contact = seed_contact(appliance, reads=3)
+    hour = dt.datetime.now(dt.UTC).hour
+    outside = (hour + 1, 24) if hour < 23 else (0, 23)  # the current hour is off work
+    appliance.settings = dataclasses.replace(
+        appliance.settings, console_burst_reads=2, console_burst_minutes=5,
+        console_work_hours=outside, console_bulk_records=5)
+    with unit_of_work(appliance, operator("sales_manager", team="east", id="mgr-east")) as ctx:
+        ctx.guard.refuse("contact", [contact], ["national_id"], "test refusal")
+    with unit_of_work(appliance, operator("security_officer")) as ctx:
+        audit_log.export(ctx, io.StringIO())
+    with unit_of_work(appliance, operator("security_officer")) as ctx:
+        found = audit_review.anomalies(ctx)
+    assert [(b.actor, b.records) for b in found.bursts] == [("operator:mgr-east", 3)]
+    # newest first; the export counts too
+    assert [r.action for r in found.off_hours] == ["audit.export"] + ["contact.read"] * 3
+    assert [r.action for r in found.bulk] == ["audit.export"]
+    assert [r.reason for r in found.refusals] == ["test refusal"]
+    with unit_of_work(appliance, operator("sales_rep", team="east")) as ctx, \
+            pytest.raises(Forbidden):
+        audit_review.anomalies(ctx)
+    # Within working hours and under the thresholds, nothing stands out.
+    appliance.settings = dataclasses.replace(appliance.settings, console_burst_reads=50,
+                                             console_work_hours=(0, 24))
+    with unit_of_work(appliance, operator("auditor")) as ctx:
+        quiet = audit_review.anomalies(ctx)
+    assert quiet.bursts == [] and quiet.off_hours == []
+    assert [r.action for r in audit_actions(appliance, "audit.anomalies")] == \
+        ["audit.anomalies"] * 2
