@@ -179,7 +179,7 @@ class Settings:
             "dev_mode": env.get("ENCLAVE_DEV_MODE", "") in ("1", "true", "yes"),
             "issuer": env.get("ENCLAVE_ISSUER") or None,
         }
-        passphrase = env.get("ENCLAVE_KEY_PASSPHRASE")
+        passphrase = env.get("ENCLAVE_KEY_PASSPHRASE") or _passphrase_from_file(env)
         if passphrase:
             values["key_passphrase"] = Secret(passphrase)
         for name, key in (("port", "ENCLAVE_PORT"), ("token_lifetime", "ENCLAVE_TOKEN_LIFETIME")):
@@ -229,3 +229,29 @@ def _console_from_env(env: Mapping[str, str]) -> dict[str, object]:
 def _is_loopback_url(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     return host in _LOOPBACK_HOSTS or host.startswith("127.")
+
+
+CREDENTIAL_NAME = "enclave-key-passphrase"
+
+
+def _passphrase_from_file(env: Mapping[str, str]) -> str | None:
+    """The passphrase from ENCLAVE_KEY_PASSPHRASE_FILE, or from the systemd credential
+    `enclave-key-passphrase` ($CREDENTIALS_DIRECTORY), so it need not sit in the environment."""
+    named = env.get("ENCLAVE_KEY_PASSPHRASE_FILE")
+    if named:
+        path = Path(named)
+    elif env.get("CREDENTIALS_DIRECTORY"):
+        path = Path(env["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME
+        if not path.exists():
+            return None
+    else:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the key passphrase from {path}: "
+                                 f"{exc.strerror}") from None
+    text = text.rstrip("\r\n")
+    if not text:
+        raise ConfigurationError(f"{path} is empty: it should hold the key passphrase")
+    return text

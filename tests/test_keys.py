@@ -403,3 +403,33 @@ def test_key_operations_need_key_manage(caller: Any, appliance: Appliance) -> No
             "SELECT count(*) FROM audit_events WHERE action = 'key.refused' "
             "AND decision = 'deny'")).scalar_one()
     assert refusals == 8  # every refusal is audited
+
+
+def test_the_passphrase_can_come_from_a_file_or_a_systemd_credential(tmp_path: Path) -> None:
+    from security.config import Settings
+
+    secret_file = tmp_path / "pass"
+    secret_file.write_text("from a file\n")
+    named = Settings.from_env({"ENCLAVE_KEY_PASSPHRASE_FILE": str(secret_file)},
+                              data_dir=tmp_path)
+    assert named.key_passphrase is not None and named.key_passphrase.reveal() == "from a file"
+    credentials = tmp_path / "creds"
+    credentials.mkdir()
+    (credentials / "enclave-key-passphrase").write_text("from systemd")
+    from_credential = Settings.from_env({"CREDENTIALS_DIRECTORY": str(credentials)},
+                                        data_dir=tmp_path)
+    assert from_credential.key_passphrase is not None
+    assert from_credential.key_passphrase.reveal() == "from systemd"
+    # The variable itself wins; no credential and no variable means no passphrase.
+    both = Settings.from_env({"ENCLAVE_KEY_PASSPHRASE": "direct",
+                              "CREDENTIALS_DIRECTORY": str(credentials)}, data_dir=tmp_path)
+    assert both.key_passphrase is not None and both.key_passphrase.reveal() == "direct"
+    assert Settings.from_env({"CREDENTIALS_DIRECTORY": str(tmp_path)},
+                             data_dir=tmp_path).key_passphrase is None
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigurationError, match="empty"):
+        Settings.from_env({"ENCLAVE_KEY_PASSPHRASE_FILE": str(tmp_path / "empty")},
+                          data_dir=tmp_path)
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        Settings.from_env({"ENCLAVE_KEY_PASSPHRASE_FILE": str(tmp_path / "missing")},
+                          data_dir=tmp_path)
