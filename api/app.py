@@ -6,7 +6,6 @@ import json
 import logging
 import uuid
 from typing import Any
-from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -20,6 +19,7 @@ from api import console, federation, signin
 from api.auth import principal_from_token, require_active
 from api.oauth import token_response
 from api.oauth_code import SCOPES
+from api.web import is_form, parse_form, read_body
 from schema.graphql.execution import execute
 from schema.runtime import Appliance
 from security.errors import Unauthenticated
@@ -69,18 +69,6 @@ def _unauthenticated(exc: Unauthenticated) -> JSONResponse:
                           {"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
-async def _read_limited(request: Request, limit: int) -> bytes | None:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        return None
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return body
-
-
 def create_app(appliance: Appliance) -> Starlette:
     settings = appliance.settings
 
@@ -90,7 +78,7 @@ def create_app(appliance: Appliance) -> Starlette:
             principal = principal_from_token(appliance, request.headers.get("authorization"))
         except Unauthenticated as exc:
             return _unauthenticated(exc)
-        raw = await _read_limited(request, settings.max_body_bytes)
+        raw = await read_body(request, settings.max_body_bytes)
         if raw is None:
             return _graphql_error(413, f"request body over {settings.max_body_bytes} bytes",
                                   "BAD_REQUEST")
@@ -124,22 +112,16 @@ def create_app(appliance: Appliance) -> Starlette:
                        admit=require_active)
 
     async def token(request: Request) -> Response:
-        raw = await _read_limited(request, 16_384)
+        raw = await read_body(request, 16_384)
         if raw is None:
             return JSONResponse({"error": "invalid_request"}, status_code=413)
-        if request.headers.get("content-type", "").split(";")[0].strip() \
-                != "application/x-www-form-urlencoded":
+        if not is_form(request):
             return JSONResponse({"error": "invalid_request", "error_description":
                                  "use application/x-www-form-urlencoded"}, status_code=400)
-
-        try:
-            pairs = parse_qsl(raw.decode(), keep_blank_values=True, strict_parsing=False)
-        except UnicodeDecodeError:
-            return JSONResponse({"error": "invalid_request"}, status_code=400)
-        form = dict(pairs)
-        if len(form) != len(pairs):  # RFC 6749 §3.2: parameters must not repeat
+        form = parse_form(raw)
+        if form is None:  # RFC 6749 §3.2: parameters must not repeat (or not UTF-8)
             return JSONResponse({"error": "invalid_request", "error_description":
-                                 "a parameter is repeated"}, status_code=400)
+                                 "a parameter is repeated or not UTF-8"}, status_code=400)
         status, body, extra = await run_in_threadpool(token_response, appliance, form,
                                                       request.headers,
                                                       uuid.uuid4().hex)

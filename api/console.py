@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from api.web import Page, message, read_form, respond, session_cookie, single_params
+from api.web import Page, form_or_refusal, message, respond, session_cookie, single_params
 from schema.context import RequestContext, unit_of_work
 from schema.ops import audit_log, audit_review, policies
 from schema.ops import signin as signin_ops
@@ -301,17 +301,10 @@ def routes(appliance: Appliance) -> list[Route]:
             return respond(page, settings)
         return endpoint
 
-    async def form_of(request: Request) -> dict[str, str] | Response:
-        form = await read_form(request)
-        if form is None:
-            return respond(message("Form refused", "Send a small url-encoded form, each field "
-                                   "once."), settings)
-        return form
-
     async def verify_endpoint(request: Request) -> Response:
         if request.method == "GET":
             return await page_route(verify_page)(request)  # type: ignore[no-any-return]
-        form = await form_of(request)
+        form = await form_or_refusal(request, settings)
         if isinstance(form, Response):
             return form
         page = await run_in_threadpool(verify_post, appliance,
@@ -320,7 +313,7 @@ def routes(appliance: Appliance) -> list[Route]:
         return respond(page, settings)
 
     async def export_endpoint(request: Request) -> Response:
-        form = await form_of(request)
+        form = await form_or_refusal(request, settings)
         if isinstance(form, Response):
             return form
         got = await run_in_threadpool(export_post, appliance, session_cookie(request, settings),

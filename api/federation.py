@@ -41,7 +41,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.signin import login_page, safe_next
-from api.web import Page, message, read_form, respond, session_cookie
+from api.web import Page, form_or_refusal, message, respond, session_cookie
 from schema.ops import signin as ops
 from schema.runtime import Appliance
 from security.config import Settings
@@ -274,9 +274,9 @@ def routes(appliance: Appliance) -> list[Route]:
     settings = appliance.settings
 
     async def start_endpoint(request: Request) -> Response:
-        form = await read_form(request)
-        if form is None:
-            return respond(message("Form refused", "Send a small url-encoded form."), settings)
+        form = await form_or_refusal(request, settings)
+        if isinstance(form, Response):
+            return form
         page = await run_in_threadpool(start, appliance, request.url.query,
                                        session_cookie(request, settings), form)
         return respond(page, settings)

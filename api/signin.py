@@ -16,7 +16,7 @@ Every handler runs in one database transaction; failures, locks and sign-ins are
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -32,7 +32,7 @@ from starlette.routing import Route
 from api.auth import bearer_token
 from api.oauth import TokenServer
 from api.oauth_code import user_claims
-from api.web import Page, message, read_form, respond, session_cookie, single_params
+from api.web import Page, form_or_refusal, message, respond, session_cookie, single_params
 from schema.ops import signin as ops
 from schema.runtime import Appliance
 from security.audit import AuditEntry
@@ -251,47 +251,28 @@ def userinfo(appliance: Appliance, authorization: str | None) -> tuple[int, dict
 def routes(appliance: Appliance) -> list[Route]:
     settings = appliance.settings
 
-    async def _form_or_refuse(request: Request) -> dict[str, str] | Response:
-        form = await read_form(request)
-        if form is None:
-            return respond(message("Form refused", "Send a small url-encoded form, each field "
-                                   "once."), settings)
-        return form
+    def page_endpoint(handler: Callable[[str, str | None, dict[str, str] | None, str], Page],
+                      ) -> Callable[[Request], Awaitable[Response]]:
+        """An endpoint that shows a page on GET and takes its form on POST."""
+        async def endpoint(request: Request) -> Response:
+            form: dict[str, str] | None = None
+            if request.method == "POST":
+                got = await form_or_refusal(request, settings)
+                if isinstance(got, Response):
+                    return got
+                form = got
+            page = await run_in_threadpool(handler, request.url.query,
+                                           session_cookie(request, settings), form,
+                                           uuid.uuid4().hex)
+            return respond(page, settings)
+        return endpoint
 
-    async def authorize_endpoint(request: Request) -> Response:
-        form: dict[str, str] | None = None
-        if request.method == "POST":
-            got = await _form_or_refuse(request)
-            if isinstance(got, Response):
-                return got
-            form = got
-        page = await run_in_threadpool(authorize, appliance, request.url.query,
-                                       session_cookie(request, settings), form,
-                                       uuid.uuid4().hex)
-        return respond(page, settings)
-
-    async def signin_endpoint(request: Request) -> Response:
-        form: dict[str, str] | None = None
-        if request.method == "POST":
-            got = await _form_or_refuse(request)
-            if isinstance(got, Response):
-                return got
-            form = got
-        page = await run_in_threadpool(first_party, appliance, request.url.query,
-                                       session_cookie(request, settings), form,
-                                       uuid.uuid4().hex)
-        return respond(page, settings)
-
-    async def logout_endpoint(request: Request) -> Response:
-        form: dict[str, str] | None = None
-        if request.method == "POST":
-            got = await _form_or_refuse(request)
-            if isinstance(got, Response):
-                return got
-            form = got
-        page = await run_in_threadpool(sign_out, appliance, session_cookie(request, settings),
-                                       form, uuid.uuid4().hex)
-        return respond(page, settings)
+    authorize_endpoint = page_endpoint(
+        lambda query, cookie, form, rid: authorize(appliance, query, cookie, form, rid))
+    signin_endpoint = page_endpoint(
+        lambda query, cookie, form, rid: first_party(appliance, query, cookie, form, rid))
+    logout_endpoint = page_endpoint(
+        lambda query, cookie, form, rid: sign_out(appliance, cookie, form, rid))
 
     async def userinfo_endpoint(request: Request) -> Response:
         status, body = await run_in_threadpool(userinfo, appliance,

@@ -67,25 +67,49 @@ def respond(page: Page, settings: Settings) -> Response:
     return response
 
 
-async def read_form(request: Request) -> dict[str, str] | None:
-    """The url-encoded form, or None if it is too big, not a form, or repeats a field."""
-    if request.headers.get("content-type", "").split(";")[0].strip() \
-            != "application/x-www-form-urlencoded":
-        return None
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None when it is (or declares itself) over `limit` bytes."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+    if declared and declared.isdigit() and int(declared) > limit:
         return None
     body = b""
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_FORM_BYTES:
+        if len(body) > limit:
             return None
+    return body
+
+
+def is_form(request: Request) -> bool:
+    return request.headers.get("content-type", "").split(";")[0].strip() \
+        == "application/x-www-form-urlencoded"
+
+
+def parse_form(body: bytes) -> dict[str, str] | None:
+    """Url-encoded fields, or None when the body is not UTF-8 or repeats a field."""
     try:
         pairs = parse_qsl(body.decode(), keep_blank_values=True)
     except UnicodeDecodeError:
         return None
     form = dict(pairs)
     return form if len(form) == len(pairs) else None
+
+
+async def read_form(request: Request) -> dict[str, str] | None:
+    """The url-encoded form, or None if it is too big, not a form, or repeats a field."""
+    if not is_form(request):
+        return None
+    body = await read_body(request, MAX_FORM_BYTES)
+    return None if body is None else parse_form(body)
+
+
+async def form_or_refusal(request: Request, settings: Settings) -> dict[str, str] | Response:
+    """The form, or the page that refuses it."""
+    form = await read_form(request)
+    if form is None:
+        return respond(message("Form refused", "Send a small url-encoded form, each field once."),
+                       settings)
+    return form
 
 
 def single_params(query: str) -> dict[str, str] | None:
