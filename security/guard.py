@@ -106,8 +106,19 @@ class Guard:
     # -- reading ----------------------------------------------------------------------------
 
     def preload(self, records: Iterable[Any]) -> None:
-        """Load the subject keys of many records in one query (no N+1)."""
-        ids = [r.id for r in records if r.id not in self._loaded_subjects]
+        """Load the subject keys of many records in one query (no N+1), or none at all when
+        the records' query brought each one's current wrapped key along."""
+        ids = []
+        for record in records:
+            if record.id in self._loaded_subjects:
+                continue
+            wrapped = getattr(record, "current_wrapped_key", None)
+            if wrapped is None:
+                ids.append(record.id)
+                continue
+            self._subject_keys[(record.id, record.key_version)] = \
+                self.keyring.unwrap_subject_key(record.id, record.key_version, wrapped)
+            self._loaded_subjects.add(record.id)
         if ids:
             self._subject_keys.update(self.keyring.load_subject_keys(self.session, ids))
             self._loaded_subjects.update(ids)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import with_expression
 
 from schema.context import RequestContext
 from schema.ops import validation
@@ -14,7 +15,7 @@ from security.authz import READ, WRITE, Decision
 from security.classification import CONTACT
 from security.errors import BadUserInput, Forbidden
 from storage.ids import new_id
-from storage.models import Account, Contact, Erasure, utcnow
+from storage.models import Account, Contact, Erasure, current_subject_key, utcnow
 
 OBJECT = "contact"
 
@@ -69,7 +70,8 @@ def _check_searchable(ctx: RequestContext, field_names: list[str]) -> None:
 def list_contacts(ctx: RequestContext, *, first: int | None = None, after: str | None = None,
                   account_id: str | None = None, owner: str | None = None,
                   email: str | None = None, phone: str | None = None) -> Page[Contact]:
-    statement = visible_query(ctx, Contact, OBJECT)
+    statement = visible_query(ctx, Contact, OBJECT).options(
+        with_expression(Contact.current_wrapped_key, current_subject_key()))
     _check_searchable(ctx, [name for name, value in (("account", account_id), ("owner", owner),
                                                      ("email", email), ("phone", phone))
                             if value is not None])
