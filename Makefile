@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test bench bench-backup lint clean dist appliance-test
+.PHONY: run test bench bench-backup lint clean dist appliance-test image image-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ bench-backup: $(TEST_STAMP)
 # The wheelhouse the appliance installs from, offline: Enclave's wheel and every dependency's, for
 # the Python of the machine that runs this (Debian 12's 3.11 on x86-64 for the appliance).
 dist: $(BIN)/python
-	rm -rf dist build
+	rm -rf dist $(filter-out build/image,$(wildcard build/*))
 	$(BIN)/pip wheel --quiet --disable-pip-version-check --wheel-dir dist .
 	@ls dist/enclave-*.whl
 
@@ -46,6 +46,17 @@ dist: $(BIN)/python
 # connection, checked, provisioned again (must change nothing), and ansible-lint.
 appliance-test: $(TEST_STAMP) dist
 	tests/appliance/run.sh
+
+# As root: the bootable disk image build/image/disk.raw (GPT, EFI system partition, ext4 root) from
+# the same root file system and roles; IMAGE_VARS names the YAML file of Ansible variables (admin
+# users and their keys, networks). IMAGE_ZSTD=1 adds disk.raw.zst. See docs/operations.md.
+image: dist
+	appliance/image/build.sh
+
+# As root: the image with a throwaway admin key, booted under QEMU/OVMF with TCG, checked over
+# HTTPS and SSH forwarded to loopback (about 10 minutes).
+image-test: dist
+	tests/appliance/image_test.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

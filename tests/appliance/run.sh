@@ -9,105 +9,32 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
-export DEBIAN_FRONTEND=noninteractive
 WORK=${APPLIANCE_WORK:-$REPO/.cache/appliance}
 ROOTFS=$WORK/rootfs
 TARBALL=$WORK/rootfs-bookworm-minbase.tar
-ANSIBLE_VENV=$REPO/.venv-ansible
-PLAYBOOK_DIR=$REPO/appliance/ansible
-# The Debian mirrors this machine's own apt sources name (one-line or deb822 format).
-apt_mirror() {
-  python3 - "$1" <<'PY'
-import glob, sys
-suite = sys.argv[1]
-for name in ["/etc/apt/sources.list", *sorted(glob.glob("/etc/apt/sources.list.d/*.list"))]:
-    try:
-        lines = open(name).read().splitlines()
-    except OSError:
-        continue
-    for line in lines:
-        words = [w for w in line.split("#")[0].split() if not w.startswith("[")]
-        if len(words) >= 3 and words[0] == "deb" and words[2] == suite:
-            print(words[1]); sys.exit(0)
-for name in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
-    for stanza in open(name).read().split("\n\n"):
-        fields = dict(l.split(":", 1) for l in stanza.splitlines() if ":" in l and not l.startswith("#"))
-        fields = {k.strip(): v.split() for k, v in fields.items()}
-        if suite in fields.get("Suites", []) and fields.get("URIs"):
-            print(fields["URIs"][0]); sys.exit(0)
-sys.exit(1)
-PY
-}
-MIRROR=${APPLIANCE_MIRROR:-$(apt_mirror bookworm)} || fail "no bookworm mirror in /etc/apt; set APPLIANCE_MIRROR"
-SECURITY_MIRROR=${APPLIANCE_SECURITY_MIRROR:-$(apt_mirror bookworm-security)} \
-  || fail "no bookworm-security mirror in /etc/apt; set APPLIANCE_SECURITY_MIRROR"
-START=$(date +%s)
-declare -A TIMES=()
-
-step() { echo; echo "=== appliance-test: $* ($(( $(date +%s) - START )) s)"; }
-fail() { echo "appliance-test: FAILED: $*" >&2; exit 1; }
-timed() { local name=$1; shift; local t0; t0=$(date +%s); "$@"; TIMES[$name]=$(( $(date +%s) - t0 )); }
+TAG=appliance-test
+mkdir -p "$WORK"
+# The mirrors, the tools, mmdebstrap and the chroot provisioning, shared with make image.
+. "$REPO/appliance/image/common.sh"
 
 [ "$(id -u)" -eq 0 ] || fail "run as root (mmdebstrap and chroot need it)"
 ls dist/enclave-*.whl >/dev/null 2>&1 || fail "no wheel in dist/: run make dist"
 mkdir -p "$WORK"
 
 # -- tools ----------------------------------------------------------------------------------------
-install_tools() {
-  local missing=()
-  command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
-  python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
-  if [ ${#missing[@]} -gt 0 ]; then
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
-  local stamp=$ANSIBLE_VENV/.installed-$(sha256sum appliance/ansible/requirements.txt | cut -c1-16)
-  if [ ! -e "$stamp" ]; then
-    rm -rf "$ANSIBLE_VENV"
-    python3 -m venv "$ANSIBLE_VENV"
-    "$ANSIBLE_VENV/bin/pip" install --quiet --disable-pip-version-check \
-      -r appliance/ansible/requirements.txt > "$WORK/pip.log" 2>&1 \
-      || { cat "$WORK/pip.log"; fail "pip install of Ansible failed"; }
-    touch "$stamp"
-  fi
-}
 step "tools: mmdebstrap, Ansible (pinned) in .venv-ansible"
-timed tools install_tools
+timed tools install_tools ssh-keygen=openssh-client
 "$ANSIBLE_VENV/bin/ansible-playbook" --version > "$WORK/ansible-version.txt" && head -n 1 "$WORK/ansible-version.txt"
 
 # -- root file system -----------------------------------------------------------------------------
-build_rootfs() {
-  if [ "${CI:-}" = true ] || [ "${APPLIANCE_KEEP_ROOTFS:-1}" != 1 ] || [ ! -s "$TARBALL" ]; then
-    rm -rf "$TARBALL" "$WORK/rootfs-building.tar"
-    # The name must end in .tar: mmdebstrap picks its output format from it.
-    mmdebstrap --quiet --variant=minbase --include=python3,python3-apt,systemd,systemd-sysv \
-      bookworm "$WORK/rootfs-building.tar" "$MIRROR"
-    mv "$WORK/rootfs-building.tar" "$TARBALL"
-  else
-    echo "reusing $TARBALL (cached; CI=true or APPLIANCE_KEEP_ROOTFS=0 rebuilds it)"
-  fi
-  rm -rf "$ROOTFS"
-  mkdir -p "$ROOTFS"
-  tar -C "$ROOTFS" -xf "$TARBALL"
-}
 step "root file system: mmdebstrap minbase bookworm"
-timed rootfs build_rootfs
+timed rootfs build_rootfs "$TARBALL" "$ROOTFS" python3,python3-apt,systemd,systemd-sysv
 
 # -- inventory --------------------------------------------------------------------------------------
 rm -f "$WORK/admin_key" "$WORK/admin_key.pub"
-ssh-keygen -q -t ed25519 -N "" -C appliance-test -f "$WORK/admin_key" 2>/dev/null || {
-  apt-get install -y -qq --no-install-recommends openssh-client >/dev/null
-  ssh-keygen -q -t ed25519 -N "" -C appliance-test -f "$WORK/admin_key"
-}
-cat > "$WORK/inventory.yml" <<YAML
----
-enclave:
-  hosts:
-    rootfs:
-      ansible_connection: community.general.chroot
-      ansible_host: $ROOTFS
-      ansible_python_interpreter: /usr/bin/python3
-      ansible_become: false
+ssh-keygen -q -t ed25519 -N "" -C appliance-test -f "$WORK/admin_key"
+chroot_inventory "$ROOTFS" "$WORK/inventory.yml"
+cat >> "$WORK/inventory.yml" <<YAML
   vars:
     preflight_profile: small
     base_hostname: enclave
@@ -123,20 +50,8 @@ enclave:
     base_apt_security_mirror: $SECURITY_MIRROR
 YAML
 
-export ANSIBLE_CONFIG=$PLAYBOOK_DIR/ansible.cfg
-export ANSIBLE_HOME=$REPO/.cache/ansible ANSIBLE_LOCAL_TEMP=$REPO/.cache/ansible/tmp
-export ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1 PY_COLORS=0
-
-provision() {
-  local log=$1
-  (cd "$PLAYBOOK_DIR" && "$ANSIBLE_VENV/bin/ansible-playbook" -i "$WORK/inventory.yml" site.yml) \
-    > "$log" 2>&1 || { tail -n 60 "$log"; fail "ansible-playbook failed (log: $log)"; }
-  sed -n '/PLAY RECAP/,$p' "$log"
-}
-recap() { grep -E '^rootfs\s+:' "$1" | grep -oE "$2=[0-9]+" | cut -d= -f2; }
-
 step "provision (first run)"
-timed provision1 provision "$WORK/provision-1.log"
+timed provision1 provision "$WORK/provision-1.log" "$WORK/inventory.yml"
 [ "$(recap "$WORK/provision-1.log" failed)" = 0 ] || fail "first run had failures"
 
 step "check the provisioned root file system"
@@ -228,7 +143,7 @@ smoke() {
 timed smoke smoke
 
 step "provision again: nothing may change"
-timed provision2 provision "$WORK/provision-2.log"
+timed provision2 provision "$WORK/provision-2.log" "$WORK/inventory.yml"
 changed=$(recap "$WORK/provision-2.log" changed)
 if [ "$changed" != 0 ]; then
   grep -E '^changed:' -B2 "$WORK/provision-2.log" | head -40
