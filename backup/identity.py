@@ -1,7 +1,7 @@
 """age recipients (public, configured on the appliance) and identities (secret, held offline).
 
-Only native age X25519 keys are accepted: `age1...` recipients and `AGE-SECRET-KEY-1...`
-identities, as `age-keygen` writes them.
+Only native age X25519 keys are accepted: `age1...` recipients and the secret-key lines that
+`age-keygen` writes as identities.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def load_identities(path: Path) -> Identities:
             found.append(x25519.Identity.from_str(line))
         except pyrage.IdentityError:
             raise BackupError(f"{path} line {number} is not an age identity "
-                              "(AGE-SECRET-KEY-1...)") from None
+                              "(a secret-key line as age-keygen writes it)") from None
     if not found:
-        raise BackupError(f"{path} holds no age identity (AGE-SECRET-KEY-1...)")
+        raise BackupError(f"{path} holds no age identity (the file age-keygen writes)")
     return Identities(path, tuple(found), frozenset(str(i.to_public()) for i in found))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import select
 
@@ -14,9 +15,10 @@ from security.default_policy import ROLES
 from security.errors import BadUserInput, Conflict, NotFound
 from security.passwords import hash_secret, new_client_secret
 from storage.ids import new_id
-from storage.models import ApiClient, PolicyRule
+from storage.models import ApiClient, PolicyRule, WebClient
 
 OBJECT = "client"
+C = TypeVar("C", ApiClient, WebClient)
 
 
 @dataclass(frozen=True)
@@ -56,12 +58,17 @@ def list_clients(ctx: RequestContext) -> list[ApiClient]:
 
 
 def revoke_client(ctx: RequestContext, client_id: str) -> ApiClient:
+    return revoke_row(ctx, ApiClient, client_id, label="client")
+
+
+def revoke_row(ctx: RequestContext, model: type[C], client_id: str, *, label: str) -> C:
+    """Revoke an application or web client: admin only, once, audited."""
     ctx.guard.require(OBJECT, MANAGE)
-    client = ctx.session.get(ApiClient, client_id)
+    client = ctx.session.get(model, client_id)
     if client is None:
-        raise NotFound(f"no client {client_id}")
+        raise NotFound(f"no {label} {client_id}")
     if client.revoked_at is not None:
-        raise Conflict(f"client {client_id} is already revoked")
+        raise Conflict(f"{label} {client_id} is already revoked")
     client.revoked_at = dt.datetime.now(dt.UTC)
     ctx.session.flush()
     ctx.audit("client.revoke", object_type=OBJECT, object_ids=[client.id])

@@ -7,7 +7,6 @@ app) have none and rely on PKCE alone. First-party only: there is no consent scr
 
 from __future__ import annotations
 
-import datetime as dt
 import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -16,8 +15,9 @@ from sqlalchemy import select
 
 from schema.context import RequestContext
 from schema.ops import validation
+from schema.ops.clients import revoke_row
 from security.authz import MANAGE
-from security.errors import BadUserInput, Conflict, NotFound
+from security.errors import BadUserInput
 from security.passwords import hash_secret, new_client_secret
 from storage.ids import new_id
 from storage.models import WebClient
@@ -82,13 +82,4 @@ def list_web_clients(ctx: RequestContext) -> list[WebClient]:
 
 
 def revoke_web_client(ctx: RequestContext, client_id: str) -> WebClient:
-    ctx.guard.require(OBJECT, MANAGE)
-    client = ctx.session.get(WebClient, client_id)
-    if client is None:
-        raise NotFound(f"no web client {client_id}")
-    if client.revoked_at is not None:
-        raise Conflict(f"web client {client_id} is already revoked")
-    client.revoked_at = dt.datetime.now(dt.UTC)
-    ctx.session.flush()
-    ctx.audit("client.revoke", object_type=OBJECT, object_ids=[client.id])
-    return client
+    return revoke_row(ctx, WebClient, client_id, label="web client")
