@@ -35,6 +35,16 @@ bench: $(TEST_STAMP)
 bench-backup: $(TEST_STAMP)
 	$(BIN)/python bench/backup_throughput.py $(BENCH_ARGS)
 
+.PHONY: bench-pipeline
+bench-pipeline: $(TEST_STAMP)
+	$(BIN)/python bench/pipeline_summary.py $(BENCH_ARGS)
+
+# The trusted compiled path vs the ordinary path vs PostGraphile 5 (installed from npm into
+# bench/.postgraphile), 20,000 contacts in PostgreSQL; BENCH_ARGS="--contacts 100000" for more.
+.PHONY: bench-trusted
+bench-trusted: $(TEST_STAMP)
+	$(BIN)/python bench/trusted_path.py $(BENCH_ARGS)
+
 # The wheelhouse the appliance installs from, offline: Enclave's wheel and every dependency's, for
 # the Python of the machine that runs this (Debian 12's 3.11 on x86-64 for the appliance).
 dist: $(BIN)/python
@@ -60,3 +70,11 @@ image-test: dist
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# As root: the image's root file system (as make image builds it) scanned in a throwaway overlay
+# with OpenSCAP (ssg-debian 0.1.76, ANSSI-BP-028 minimal/intermediary/enhanced/high) and Lynis;
+# reports in reports/hardening. HARDENING_SCAN_VM=1 also scans the booted image (slow under TCG).
+# See docs/hardening.md.
+.PHONY: hardening-scan
+hardening-scan: dist
+	tests/appliance/hardening_scan.sh

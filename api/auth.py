@@ -7,6 +7,7 @@ import datetime as dt
 
 from sqlalchemy.orm import Session
 
+from schema.context import CLIENT_ACTIVE
 from schema.runtime import Appliance
 from security.errors import Unauthenticated
 from security.principal import Principal
@@ -29,8 +30,10 @@ def principal_from_token(appliance: Appliance, authorization: str | None) -> Pri
         sid = claims.get("sid")
         if not isinstance(sid, str) or not sid:
             raise Unauthenticated("a person's access token must name its session")
+        client = claims.get("client_id")
         return Principal(id=claims["sub"], name=claims["sub"], roles=tuple(claims["roles"]),
-                         team=claims.get("team"), kind="user", session_id=sid)
+                         team=claims.get("team"), kind="user", session_id=sid,
+                         client_id=client if isinstance(client, str) else None)
     if "kind" in claims and claims["kind"] != "client":
         raise Unauthenticated("unknown kind of access token")
     return Principal(id=claims["sub"], name=claims["sub"], roles=tuple(claims["roles"]),
@@ -49,6 +52,11 @@ def require_active(session: Session, principal: Principal) -> None:
         if signed_in is None or signed_in.revoked_at is not None or signed_in.stage != "full" \
                 or signed_in.user_id != user.id or signed_in.expires_at <= dt.datetime.now(dt.UTC):
             raise Unauthenticated("the sign-in behind this token has ended")
+        return
+    known = session.info.pop(CLIENT_ACTIVE, None)
+    if known is not None and known[0] == principal.id:  # read by the unit's first statement
+        if not known[1]:
+            raise Unauthenticated("the client behind this token has been revoked")
         return
     row = session.get(ApiClient, principal.id)
     if row is None or row.revoked_at is not None:

@@ -17,7 +17,10 @@ from rich.console import Console
 
 from api.cli_audit import audit_app
 from api.cli_backup import backup_app
+from api.cli_data import custom_fields_app, export_app, import_app, webhooks_app
+from api.cli_documents import documents_app
 from api.cli_preflight import preflight_app
+from api.cli_privacy import retention_app, subject_app
 from api.cli_users import users_app, web_clients_app
 from security.config import Settings
 from security.errors import ConfigurationError, EnclaveError
@@ -34,6 +37,13 @@ app.add_typer(backup_app, name="backup")
 app.add_typer(preflight_app, name="preflight")
 app.add_typer(users_app, name="users")
 app.add_typer(web_clients_app, name="web-clients")
+app.add_typer(documents_app, name="documents")
+app.add_typer(subject_app, name="subject")
+app.add_typer(retention_app, name="retention")
+app.add_typer(custom_fields_app, name="custom-fields")
+app.add_typer(import_app, name="import")
+app.add_typer(export_app, name="export")
+app.add_typer(webhooks_app, name="webhooks")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -127,11 +137,22 @@ def serve(
         if not (settings.data_dir / DEV_MARKER).exists():
             (settings.data_dir / DEV_MARKER).write_text("Made by `enclave serve --dev`.\n")
         _report_init(settings, result)
+    if not settings.dev_mode and _granian_present():  # production: a worker per core
+        from api import serving
+        out.print(f"Enclave listening on http://{settings.host}:{settings.port} with "
+                  f"{serving.worker_count(settings)} workers (docs/performance.md)")
+        serving.serve(settings)
+        return
     appliance = Appliance.open(settings)
     out.print(f"Enclave listening on http://{settings.host}:{settings.port} "
               "(GraphQL at /graphql, health at /healthz and /readyz)")
     uvicorn.run(create_app(appliance), host=settings.host, port=settings.port,
                 log_level="info", server_header=False, proxy_headers=False)
+
+
+def _granian_present() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("granian") is not None
 
 
 @clients_app.command("create")
@@ -220,7 +241,7 @@ def keys_reencrypt(
         raise EnclaveError(f"{batch.remaining} rows are locked by other writers; run again")
     retired = f"; retired versions {', '.join(map(str, batch.retired_versions))}" \
         if batch.retired_versions else ""
-    out.print(f"re-encrypted {moved} contacts to field key version {batch.target_version}"
+    out.print(f"re-encrypted {moved} records to field key version {batch.target_version}"
               f"{retired}")
 
 
@@ -230,8 +251,9 @@ def demo(
     team: Annotated[str, typer.Option(help="Team that owns the demo records.")] = "sales",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
 ) -> None:
-    """Fill the appliance with synthetic accounts and contacts (owned by TEAM)."""
-    from api import demo_data
+    """Fill every module with synthetic data owned by TEAM: accounts, contacts, leads (some
+    converted), opportunities across the pipeline, activities, cases, campaigns and consent."""
+    from api import demo_crm, demo_data
     from schema.context import unit_of_work
     from schema.ops import accounts as account_ops
     from schema.ops import contacts as contact_ops
@@ -241,16 +263,22 @@ def demo(
     with unit_of_work(appliance, principal) as ctx:
         account_ids = [account_ops.create_account(ctx, data).id
                        for data in demo_data.accounts(max(1, min(50, contacts // 10)), rng)]
-    made = 0
+    contact_ids: list[str] = []
     batch = list(demo_data.contacts(contacts, rng))
     for start in range(0, len(batch), 500):
         with unit_of_work(appliance, principal) as ctx:
             for data in batch[start:start + 500]:
-                contact_ops.create_contact(ctx, {**data, "account_id": rng.choice(account_ids)})
-                made += 1
-    out.print(f"created {len(account_ids)} accounts and {made} contacts in team '{team}'. "
-              f"Read them with a client made by: enclave clients create --name demo "
-              f"--role sales_manager --team {team}", highlight=False)
+                contact_ids.append(contact_ops.create_contact(
+                    ctx, {**data, "account_id": rng.choice(account_ids)}).id)
+    # Cases and campaigns are support's and marketing's work: the demo acts as all three.
+    worker = _operator("sales_manager", "support_agent", "marketing", team=team)
+    counts = demo_crm.fill_modules(appliance, worker, contact_ids, account_ids, rng)
+    out.print(f"created in team '{team}': {len(account_ids)} accounts, {len(contact_ids)} "
+              f"contacts, {counts.leads} leads ({counts.converted} converted), "
+              f"{counts.opportunities} opportunities, {counts.activities} activities, "
+              f"{counts.cases} cases, {counts.campaigns} campaigns ({counts.members} members), "
+              f"{counts.consents} consents. Read them with a client made by: enclave clients "
+              f"create --name demo --role sales_manager --team {team}", highlight=False)
 
 
 def main() -> None:

@@ -3,7 +3,9 @@
 `schema.ops.contacts.delete_contact` records every erasure in the `erasures` table. A restore
 replays the erasures known to the target it replaces and those in any `--erasures-from` file
 (a newer backup, or the JSON that `enclave backup erasures export` writes): it deletes those
-contacts and their subject keys from the restored data and keeps the erasure rows.
+records (contacts, and the records about them that `eraseSubject` or retention erased with
+them: leads, activities, cases, consent, memberships) and their subject keys from the restored
+data and keeps the erasure rows.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from backup.errors import BackupError
 from schema.context import RequestContext
 from schema.runtime import APPLIANCE_ID_KEY
 from security.authz import MANAGE
-from storage.models import Contact, Erasure, Setting, SubjectKey
+from storage.models import MODELS, Erasure, Setting, SubjectKey
 
 FORMAT = "enclave-erasures/1"
 _ID = re.compile(r"^[0-9a-f-]{36}$")
@@ -94,6 +96,11 @@ def merge(*sources: Iterable[ErasureRecord]) -> list[ErasureRecord]:
     return sorted(found.values(), key=lambda r: (r.erased_at, r.subject_id))
 
 
+#: Children before parents, so that no foreign key points at a row already gone.
+_ERASABLE = ("campaign_member", "consent", "activity", "case", "opportunity", "lead", "contact",
+             "campaign", "account")
+
+
 def replay(connection: Connection, erasures: list[ErasureRecord]) -> list[str]:
     """Erase again in restored data; returns the subjects whose data was still there."""
     if not erasures:
@@ -102,10 +109,12 @@ def replay(connection: Connection, erasures: list[ErasureRecord]) -> list[str]:
     present: set[str] = set()
     for start in range(0, len(ids), 500):
         batch = ids[start:start + 500]
-        present |= set(connection.scalars(select(Contact.id).where(Contact.id.in_(batch))))
         present |= set(connection.scalars(
             select(SubjectKey.subject_id).where(SubjectKey.subject_id.in_(batch))))
-        connection.execute(delete(Contact).where(Contact.id.in_(batch)))
+        for object_type in _ERASABLE:
+            model = MODELS[object_type]
+            present |= set(connection.scalars(select(model.id).where(model.id.in_(batch))))
+            connection.execute(delete(model).where(model.id.in_(batch)))
         connection.execute(delete(SubjectKey).where(SubjectKey.subject_id.in_(batch)))
     for start in range(0, len(erasures), 500):
         batch_records = erasures[start:start + 500]

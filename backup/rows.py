@@ -1,7 +1,8 @@
 """Rows as portable JSON lines, the same from SQLite and PostgreSQL, readable by anyone.
 
 One JSON object per row, its columns in table order: binary and sealed values as base64,
-datetimes as ISO 8601 in UTC, JSON columns as JSON, everything else as it is. A backup from
+datetimes as ISO 8601 in UTC, dates as YYYY-MM-DD, decimals (money) as exact text, JSON columns
+as JSON, everything else as it is. A backup from
 SQLite restores into PostgreSQL and the other way round.
 
 `data_keys` is not among the tables: a backup carries the data keys unwrapped in `keys.json`
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import decimal
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from sqlalchemy import Connection, LargeBinary, Table, select
+from sqlalchemy import Connection, Date, LargeBinary, Numeric, Table, select
 
 from backup.errors import Tampered
 from storage.columns import UTCDateTime
@@ -74,6 +76,10 @@ def _codecs(table: Table) -> list[tuple[str, _Codec | None, _Codec | None]]:
             found.append((column.name, _encode_binary, _unb64))
         elif isinstance(kind, UTCDateTime):
             found.append((column.name, _encode_datetime, dt.datetime.fromisoformat))
+        elif isinstance(kind, Numeric) and kind.asdecimal:
+            found.append((column.name, str, decimal.Decimal))
+        elif isinstance(kind, Date):
+            found.append((column.name, dt.date.isoformat, dt.date.fromisoformat))
         else:
             found.append((column.name, None, None))
     return found

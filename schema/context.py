@@ -7,8 +7,9 @@ refusals are still audited.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -19,50 +20,92 @@ from security.authz import READ
 from security.guard import Guard
 from security.principal import Principal
 from security.unguarded import UnguardedGuard
-from storage.models import Account
+from storage.models import MODELS
 
 if TYPE_CHECKING:
     from schema.runtime import Appliance
 
 
-class AccountLoader:
-    """Loads the accounts behind many contacts in one query (no N+1)."""
+@dataclass(frozen=True)
+class RecordEvent:
+    #: created, updated or deleted
+    event: str
+    object_type: str
+    record_id: str
 
-    def __init__(self, ctx: RequestContext) -> None:
+
+#: Called with (context, events) before a unit of work commits (the webhooks register one).
+EVENT_SINKS: list[Callable[[RequestContext, list[RecordEvent]], None]] = []
+
+
+class RecordLoader:
+    """Loads the records of one object type that many others refer to, in one query (no N+1);
+    a record outside the caller's read scope loads as None."""
+
+    def __init__(self, ctx: RequestContext, object_type: str = "account") -> None:
         self._ctx = ctx
+        self._object_type = object_type
+        self._model = MODELS[object_type]
         self._pending: set[str] = set()
-        self._loaded: dict[str, Account | None] = {}
+        self._loaded: dict[str, Any] = {}
         self.queries = 0
 
     def prime(self, account_ids: Iterable[str | None]) -> None:
         self._pending.update(i for i in account_ids if i and i not in self._loaded)
 
-    def load(self, account_id: str) -> Account | None:
-        if account_id not in self._loaded:
-            ids = self._pending | {account_id}
+    def load(self, record_id: str) -> Any:
+        if record_id not in self._loaded:
+            ids = self._pending | {record_id}
             self._pending = set()
             self.queries += 1
+            model = self._model
             found = {a.id: a for a in self._ctx.session.scalars(
-                select(Account).where(Account.id.in_(ids)))}
+                select(model).where(model.id.in_(ids)))}
             for i in ids:
                 row = found.get(i)
-                visible = row is not None and self._ctx.guard.in_scope("account", row, READ)
+                visible = row is not None and self._ctx.guard.in_scope(self._object_type, row,
+                                                                       READ)
                 self._loaded[i] = row if visible else None
-        return self._loaded[account_id]
+            self._ctx.guard.preload(r for r in self._loaded.values() if r is not None)
+        return self._loaded[record_id]
+
+
+AccountLoader = RecordLoader
 
 
 class RequestContext:
     def __init__(self, appliance: Appliance, session: Session, principal: Principal,
-                 request_id: str | None = None) -> None:
+                 request_id: str | None = None,
+                 versions: Mapping[str, str | None] | None = None) -> None:
         self.appliance = appliance
         self.session = session
         self.principal = principal
         self.request_id = request_id
-        policy = appliance.refresh(session)
+        policy = appliance.refresh(session, versions)
         guard_class = UnguardedGuard if appliance.unguarded else Guard
         self.guard = guard_class(principal=principal, policy=policy, keyring=appliance.keyring,
                            session=session, request_id=request_id)
-        self.accounts = AccountLoader(self)
+        self._loaders: dict[str, RecordLoader] = {}
+        #: Set by a unit that only read (a compiled query): its read entries are appended by
+        #: the appliance's group appender after the unit commits, and the unit returns only
+        #: once they are durable (security.audit_group).
+        self.defer_read_audit = False
+        self.deferred_audit: list[AuditEntry] = []
+        #: Record events of this unit of work (created/updated/deleted), for the webhooks.
+        self.events: list[RecordEvent] = []
+        self.accounts = self.loader("account")
+
+    def loader(self, object_type: str) -> RecordLoader:
+        """The request's loader for records of `object_type` referred to by others."""
+        found = self._loaders.get(object_type)
+        if found is None:
+            found = self._loaders[object_type] = RecordLoader(self, object_type)
+        return found
+
+    def emit(self, event: str, object_type: str, record_id: str) -> None:
+        """Note a record event; `finish` hands the unit's events to the event sinks, in the
+        same transaction as the change."""
+        self.events.append(RecordEvent(event, object_type, record_id))
 
     def audit(self, action: str, *, object_type: str | None = None,
               object_ids: Iterable[str] = (), fields: Iterable[str] = (),
@@ -76,25 +119,53 @@ class RequestContext:
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        """Run one mutation so that its failure undoes only its own writes."""
-        with self.session.begin_nested():
-            yield
+        """Run one mutation so that its failure undoes only its own writes (and its record
+        events: what was undone is not announced to webhooks)."""
+        events = len(self.events)
+        try:
+            with self.session.begin_nested():
+                yield
+        except BaseException:
+            del self.events[events:]
+            raise
 
     def finish(self) -> None:
-        self.appliance.append_audit(self.session, self.guard.audit_entries())
+        if self.events:
+            for sink in EVENT_SINKS:
+                sink(self, self.events)
+            self.events = []
+        entries = self.guard.audit_entries()
+        if self.defer_read_audit and not self.session.new and not self.session.dirty \
+                and not self.session.deleted:
+            self.deferred_audit = entries
+            return
+        self.appliance.append_audit(self.session, entries)
+
+
+#: `session.info` key: (client id, active) as read by the unit's first statement (see
+#: `unit_of_work`'s `prelude`), so the API's revocation check needs no query of its own.
+CLIENT_ACTIVE = "enclave.prelude.client_active"
 
 
 @contextmanager
-def unit_of_work(appliance: Appliance, principal: Principal,
-                 request_id: str | None = None) -> Iterator[RequestContext]:
+def unit_of_work(appliance: Appliance, principal: Principal, request_id: str | None = None,
+                 *, prelude: Callable[[Session], Mapping[str, str | None]] | None = None,
+                 ) -> Iterator[RequestContext]:
+    """One transaction. `prelude`, when given, is the unit's first statement: it returns the
+    settings rows `Appliance.refresh` reads (keys and policy versions), read along with
+    whatever else the caller needs first, in one round trip."""
     session = appliance.sessions()
     try:
         session.begin()
-        ctx = RequestContext(appliance, session, principal, request_id)
+        versions = prelude(session) if prelude is not None else None
+        ctx = RequestContext(appliance, session, principal, request_id, versions)
         try:
             yield ctx
             ctx.finish()
             session.commit()
+            if ctx.deferred_audit:  # durable before the unit returns, or the unit fails
+                entries, ctx.deferred_audit = ctx.deferred_audit, []
+                appliance.audit_group.append(entries)
         except BaseException:
             session.rollback()
             _audit_after_failure(appliance, session, ctx)

@@ -8,13 +8,16 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from schema.crm_defaults import seed_crm_defaults
 from security import audit, keys
 from security.audit import AuditEntry
+from security.audit_group import GroupAppender
 from security.audit_ship import Shipper
 from security.authz import (
     POLICY_VERSION_KEY,
@@ -57,6 +60,9 @@ class Appliance:
         self.shipper = Shipper(settings.audit_syslog, self.sessions) \
             if settings.audit_syslog else None
         self._kek = kek
+        #: Group commit of read audit entries (compiled reads on PostgreSQL; see
+        #: security.audit_group and RequestContext.defer_read_audit).
+        self.audit_group = GroupAppender(self.sessions, self.append_audit)
         self.authoriser = Authoriser()
         self._lock = threading.Lock()
         self._keys_version = -1
@@ -95,12 +101,17 @@ class Appliance:
                                    lifetime=self.settings.token_lifetime)
         self._keys_version = version
 
-    def refresh(self, session: Session) -> PolicySnapshot:
-        """Pick up key and policy changes made by other processes; one small query."""
-        values = dict(session.execute(
-            select(Setting.key, Setting.value).where(
-                Setting.key.in_((KEYS_VERSION_KEY, POLICY_VERSION_KEY)))
-        ).all())
+    def refresh(self, session: Session,
+                versions: Mapping[str, str | None] | None = None) -> PolicySnapshot:
+        """Pick up key and policy changes made by other processes; one small query, or none
+        when the unit's first statement brought both `versions` along (settings rows by key,
+        read in this same transaction)."""
+        if versions is None:
+            versions = dict(session.execute(
+                select(Setting.key, Setting.value).where(
+                    Setting.key.in_((KEYS_VERSION_KEY, POLICY_VERSION_KEY)))
+            ).all())
+        values = {k: v for k, v in versions.items() if v is not None}
         keys_version = int(values.get(KEYS_VERSION_KEY, 0))
         if keys_version != self._keys_version:
             with self._lock:
@@ -165,14 +176,17 @@ def initialise(settings: Settings) -> InitResult:
                     session.add(Setting(key=key, value="0"))
             session.flush()
             seeded = _seed_default_policy(session)
+            crm_seeded = seed_crm_defaults(session)
             added_rules = [] if seeded else _add_later_default_rules(session)
             client_id, secret = _bootstrap_admin(session, settings)
             keyring = KeyRing.load(session, kek)
             entries = []
-            if created_keys or seeded:
+            if created_keys or seeded or crm_seeded:
                 entries.append(AuditEntry(
                     actor=SYSTEM.actor, roles=SYSTEM.roles, action="appliance.init",
-                    fields=[f"key:{p}" for p in created_keys] + (["policy:defaults"] if seeded else []),
+                    fields=[f"key:{p}" for p in created_keys]
+                    + (["policy:defaults"] if seeded else [])
+                    + (["crm:defaults"] if crm_seeded else []),
                 ))
             if added_rules:
                 entries.append(AuditEntry(

@@ -31,7 +31,7 @@ from typing import Any, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import CursorResult, func, insert, select, update
+from sqlalchemy import CursorResult, bindparam, func, insert, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from security import checkpoint_note
@@ -110,6 +110,31 @@ def ensure_head(session: Session) -> None:
         session.flush()
 
 
+_HEAD_FOR_UPDATE = (select(AuditHead.seq, AuditHead.hash, AuditHead.checkpoint_due)
+                    .where(AuditHead.id == 1).with_for_update())
+
+
+_APPEND_MAX = 16
+_APPEND_STATEMENTS: dict[int, str] = {}
+_EVENT_COLUMNS = ("seq", "ts", "actor", "roles", "action", "object_type", "object_ids", "fields",
+                  "decision", "reason", "request_id", "prev_hash", "hash")
+
+
+def _append_sql(dialect: Any, count: int) -> str:
+    """PostgreSQL: INSERT `count` entries and move the head, as one statement (a data-modifying
+    CTE), compiled once per count (SQLAlchemy does not cache statements with DML CTEs)."""
+    found = _APPEND_STATEMENTS.get(count)
+    if found is None:
+        appended = insert(AuditEvent).values([
+            {name: bindparam(f"{name}_{index}") for name in _EVENT_COLUMNS}
+            for index in range(count)]).cte("appended")
+        statement = (update(AuditHead).where(AuditHead.id == literal_column("1"))
+                     .values(seq=bindparam("head_seq"), hash=bindparam("head_hash"))
+                     .add_cte(appended))
+        found = _APPEND_STATEMENTS[count] = str(statement.compile(dialect=dialect))
+    return found
+
+
 def append(session: Session, entries: Iterable[AuditEntry], *, keyring: KeyRing,
            checkpoint_every: int = 64) -> list[int]:
     """Append entries in the caller's transaction; returns their sequence numbers.
@@ -119,10 +144,7 @@ def append(session: Session, entries: Iterable[AuditEntry], *, keyring: KeyRing,
     if not entries:
         return []
     # The head row is the lock that keeps concurrent appenders in one order.
-    seq, prev_hash, due = session.execute(
-        select(AuditHead.seq, AuditHead.hash, AuditHead.checkpoint_due)
-        .where(AuditHead.id == 1).with_for_update()
-    ).one()
+    seq, prev_hash, due = session.execute(_HEAD_FOR_UPDATE).one()
     rows: list[dict[str, Any]] = []
     for entry in entries:
         seq += 1
@@ -135,12 +157,22 @@ def append(session: Session, entries: Iterable[AuditEntry], *, keyring: KeyRing,
         }
         values["hash"] = prev_hash = entry_hash(SimpleNamespace(**values))
         rows.append(values)
-    session.execute(insert(AuditEvent), rows)
     head: dict[str, Any] = {"seq": seq, "hash": prev_hash}
+    move_head = update(AuditHead).where(AuditHead.id == 1)
+    if seq < due and len(rows) <= _APPEND_MAX and session.get_bind().dialect.name == "postgresql":
+        # The entries and the new head in one statement (one round trip, same transaction,
+        # same rows); the checkpoint path below reads the entries back, so it keeps two.
+        params = {f"{name}_{index}": value
+                  for index, row in enumerate(rows) for name, value in row.items()}
+        connection = session.connection()
+        connection.exec_driver_sql(_append_sql(connection.dialect, len(rows)),
+                                   {**params, "head_seq": seq, "head_hash": prev_hash})
+        return [int(row["seq"]) for row in rows]
+    session.execute(insert(AuditEvent), rows)
     if seq >= due:
         head["checkpoint_due"] = _sign_checkpoint(session, keyring, seq,
                                                   checkpoint_every).next_due
-    session.execute(update(AuditHead).where(AuditHead.id == 1).values(**head))
+    session.execute(move_head.values(**head))
     return [int(row["seq"]) for row in rows]
 
 

@@ -100,8 +100,37 @@ class Settings:
     console_work_hours: tuple[int, int] = (7, 19)
     console_bulk_records: int = 100
     console_window_days: int = 7
+    # GraphQL (docs/documents.md): `trusted` accepts only registered documents, `open` (the
+    # development default) any document within the limits below.
+    documents: str | None = None
+    graphql_max_depth: int = 6
+    graphql_max_aliases: int = 15
+    graphql_max_tokens: int = 1000
+    graphql_max_cost: int = 5000
+    max_variables_bytes: int = 64_000
+    #: Per API client: a token bucket refilled at `rate_limit` requests/s holding `rate_burst`;
+    #: 0 turns it off.
+    rate_limit: float = 100.0
+    rate_burst: int = 1000
+    #: PostgreSQL `SET LOCAL statement_timeout` per unit of work (0: none; SQLite: not applicable).
+    statement_timeout_ms: int = 10_000
+    #: `enclave serve` worker processes; 0 means one per core.
+    workers: int = 0
 
     def __post_init__(self) -> None:
+        if self.documents is None:
+            object.__setattr__(self, "documents", "open" if self.dev_mode else "trusted")
+        if self.documents not in ("trusted", "open"):
+            raise ConfigurationError(f"ENCLAVE_DOCUMENTS must be trusted or open, not "
+                                     f"{self.documents!r}")
+        for name in ("graphql_max_depth", "graphql_max_aliases", "graphql_max_tokens",
+                     "graphql_max_cost", "max_variables_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be at least 1")
+        if self.rate_limit < 0 or self.rate_burst < 1:
+            raise ConfigurationError("rate_limit must be >= 0 (0: off) and rate_burst >= 1")
+        if self.statement_timeout_ms < 0 or self.workers < 0:
+            raise ConfigurationError("statement_timeout_ms and workers must not be negative")
         if not 60 <= self.token_lifetime <= MAX_TOKEN_LIFETIME:
             raise ConfigurationError(
                 f"token lifetime must be between 60 and {MAX_TOKEN_LIFETIME} seconds, "
@@ -200,6 +229,7 @@ class Settings:
         if env.get("ENCLAVE_OIDC_CLIENT_SECRET"):
             values["oidc_client_secret"] = Secret(env["ENCLAVE_OIDC_CLIENT_SECRET"])
         values.update(_console_from_env(env))
+        values.update(_graphql_from_env(env))
         values.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(values.get("data_dir"), str):
             values["data_dir"] = Path(str(values["data_dir"])).absolute()
@@ -223,6 +253,34 @@ def _console_from_env(env: Mapping[str, str]) -> dict[str, object]:
         if not (start.strip().isdigit() and end.strip().isdigit()):
             raise ConfigurationError("ENCLAVE_CONSOLE_WORK_HOURS must look like 7-19")
         values["console_work_hours"] = (int(start), int(end))
+    return values
+
+
+_GRAPHQL_INTS = (("graphql_max_depth", "ENCLAVE_GRAPHQL_MAX_DEPTH"),
+                 ("graphql_max_aliases", "ENCLAVE_GRAPHQL_MAX_ALIASES"),
+                 ("graphql_max_tokens", "ENCLAVE_GRAPHQL_MAX_TOKENS"),
+                 ("graphql_max_cost", "ENCLAVE_GRAPHQL_MAX_COST"),
+                 ("max_variables_bytes", "ENCLAVE_MAX_VARIABLES_BYTES"),
+                 ("rate_burst", "ENCLAVE_RATE_BURST"),
+                 ("statement_timeout_ms", "ENCLAVE_STATEMENT_TIMEOUT_MS"),
+                 ("workers", "ENCLAVE_WORKERS"))
+
+
+def _graphql_from_env(env: Mapping[str, str]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    if env.get("ENCLAVE_DOCUMENTS"):
+        values["documents"] = env["ENCLAVE_DOCUMENTS"].strip().lower()
+    for name, key in _GRAPHQL_INTS:
+        if env.get(key):
+            try:
+                values[name] = int(env[key])
+            except ValueError:
+                raise ConfigurationError(f"{key} must be a whole number") from None
+    if env.get("ENCLAVE_RATE_LIMIT"):
+        try:
+            values["rate_limit"] = float(env["ENCLAVE_RATE_LIMIT"])
+        except ValueError:
+            raise ConfigurationError("ENCLAVE_RATE_LIMIT must be a number (requests/s)") from None
     return values
 
 

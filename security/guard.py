@@ -10,20 +10,37 @@ per request and written as one audit entry per object type (and one per refusal)
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from security.audit import AuditEntry
 from security.authz import READ, WRITE, Decision, PolicySnapshot
 from security.blindindex import blind_index
-from security.classification import OBJECTS, FieldSpec, ObjectSpec, mask_value
+from security.classification import (
+    CUSTOM_SEALED,
+    MARKETING_PURPOSE,
+    FieldSpec,
+    ObjectSpec,
+    mask_value,
+)
 from security.errors import EnclaveError, Forbidden
-from security.fieldcrypt import FieldDecryptionError, PreparedKey, open_sealed, prepare_key, seal
+from security.fieldcrypt import (
+    FieldDecryptionError,
+    PreparedKey,
+    open_at,
+    open_sealed,
+    place,
+    prepare_key,
+    seal,
+)
 from security.keys import BLIND_INDEX, KeyRing
 from security.principal import Principal
+from storage.crm_models import Consent
 from storage.sealed import Sealed
 
 
@@ -49,6 +66,15 @@ class _Reads:
     fields: dict[str, None] = field(default_factory=dict)
 
 
+class ReadFailure:
+    """A field `Guard.row_reader` could not give: the exception `reveal` would have raised."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
 class _ReadPlan(NamedTuple):
     spec: ObjectSpec
     fspec: FieldSpec
@@ -66,6 +92,12 @@ class Guard:
         self.session = session
         self.request_id = request_id
         self._subject_keys: dict[tuple[str, int], bytes] = {}
+        # Opened `custom_sealed` blobs, by record id.
+        self._custom_opened: dict[str, dict[str, Any]] = {}
+        # Marketing consent in force, by (contact id, channel); ids of records preloaded, whose
+        # consent is looked up together when first needed.
+        self._consent: dict[tuple[str, str], bool] = {}
+        self._consent_pending: set[str] = set()
         self._aeads: dict[tuple[str, int], PreparedKey] = {}
         self._loaded_subjects: set[str] = set()
         self._reads: dict[str, _Reads] = {}
@@ -99,6 +131,16 @@ class Guard:
                     and record.team == self.principal.team)
                 or ("@own" in scopes and record.owner == self.principal.id))
 
+    def scope_test(self, object_type: str, action: str) -> Callable[[Any], bool]:
+        """`in_scope` for many records of one type: the record rules looked up once."""
+        scopes = self.scopes(object_type, action)
+        if "@all" in scopes:
+            return lambda record: True
+        team = self.principal.team if "@team" in scopes else None
+        by_owner, own = "@own" in scopes, self.principal.id
+        return lambda record: ((team is not None and record.team == team)
+                               or (by_owner and record.owner == own))
+
     @property
     def _roles_text(self) -> str:
         return ", ".join(self.principal.roles) or "no role"
@@ -110,7 +152,10 @@ class Guard:
         the records' query brought each one's current wrapped key along."""
         ids = []
         for record in records:
+            self._consent_pending.add(record.id)
             if record.id in self._loaded_subjects:
+                continue
+            if record.key_version is None:  # nothing sealed on this record yet
                 continue
             wrapped = getattr(record, "current_wrapped_key", None)
             if wrapped is None:
@@ -133,10 +178,20 @@ class Guard:
                       f"({fspec.classification.value}) to {self._roles_text}")
             self.refuse(object_type, (record.id,), (field_name,), reason)
             raise FieldForbidden(reason, field=field_name)
-        value = getattr(record, attribute)
-        if fspec.sealed and value is not None:
-            value = self._open(spec, record, field_name, value)
-        if audit_label is not None:  # personal: noted for the audit log (cf. `_note_read`)
+        if decision is Decision.CONSENTED and not self.consents(record.id,
+                                                                 fspec.consent_channel or ""):
+            reason = (f"{object_type}.{field_name} is granted to {self._roles_text} only with "
+                      f"{MARKETING_PURPOSE} consent on {fspec.consent_channel}, which this "
+                      "person has not given")
+            self.refuse(object_type, (record.id,), (field_name,), reason)
+            raise FieldForbidden(reason, field=field_name)
+        if fspec.custom:
+            value = self._custom_value(spec, record, fspec)
+        else:
+            value = getattr(record, attribute)
+            if fspec.sealed and value is not None:
+                value = self._open(spec, record, field_name, value)
+        if audit_label is not None:  # personal: noted for the audit log
             reads = self._reads.get(object_type)
             if reads is None:
                 reads = self._reads[object_type] = _Reads()
@@ -146,6 +201,65 @@ class Guard:
             return mask_value(fspec.mask, str(value))
         return value
 
+    def row_reader(self, object_type: str,
+                   field_names: Sequence[str]) -> Callable[[Any], list[Any]]:
+        """Read the same fields of many records (a compiled page): the decisions are taken once
+        for all of them, then each record's fields are read in order exactly as `reveal` reads
+        them (same values, masks, refusals and audit notes). A field that fails comes back as a
+        `ReadFailure` holding what `reveal` would have raised."""
+        plans = [(self._plans.get((object_type, name)) if self._plans_policy is self.policy
+                  else None) or self._read_plan(object_type, name) for name in field_names]
+        reveal = self.reveal
+        if any(plan.decision in (Decision.DENY, Decision.CONSENTED) or plan.fspec.custom
+               for plan in plans):
+            def each(record: Any) -> list[Any]:
+                out: list[Any] = []
+                for name in field_names:
+                    try:
+                        out.append(reveal(object_type, record, name))
+                    except Exception as exc:  # noqa: BLE001 - handed to the caller
+                        out.append(ReadFailure(exc))
+                return out
+            return each
+        spec = plans[0].spec if plans else self.policy.spec(object_type)
+        steps = [(plan.attribute, place(spec.table, name) if plan.fspec.sealed else None, name,
+                  plan.audit_label, plan.fspec.mask if plan.decision is Decision.MASK else None)
+                 for name, plan in zip(field_names, plans, strict=True)]
+        all_reads = self._reads
+        loaded = self._loaded_subjects
+        key_for = self._aead
+
+        def read(record: Any) -> list[Any]:
+            out: list[Any] = []
+            append = out.append
+            reads = None
+            for attribute, where, name, label, mask in steps:
+                try:
+                    value = getattr(record, attribute)
+                    if where is not None and value is not None:  # sealed: as `_open` opens
+                        record_id = record.id
+                        if record_id not in loaded:
+                            self.preload([record])
+                        try:
+                            value = open_at(key_for, where, record_id, value.ciphertext)
+                        except FieldDecryptionError:
+                            raise SealedFieldError(spec.name, record_id, name) from None
+                except Exception as exc:  # noqa: BLE001 - handed to the caller
+                    append(ReadFailure(exc))
+                    continue
+                if label is not None:  # personal: noted for the audit log, as `reveal` does
+                    if reads is None:
+                        reads = all_reads.get(object_type)
+                        if reads is None:
+                            reads = all_reads[object_type] = _Reads()
+                        reads.ids[record.id] = None
+                    reads.fields[label] = None
+                if mask is not None and value is not None:
+                    value = mask_value(mask, str(value))
+                append(value)
+            return out
+        return read
+
     def _read_plan(self, object_type: str, field_name: str) -> _ReadPlan:
         """Work out once per guard and policy snapshot what reading a field means: its specs,
         the snapshot's decision (itself memoised per policy version), the attribute holding
@@ -153,14 +267,13 @@ class Guard:
         if self._plans_policy is not self.policy:
             self._plans = {}
             self._plans_policy = self.policy
-        spec = OBJECTS[object_type]
+        spec = self.policy.spec(object_type)
         fspec = spec.field(field_name)
         decision = self.decision(object_type, field_name)
         audit_label = None
         if fspec.personal:
             audit_label = field_name if decision is Decision.ALLOW else f"{field_name}:masked"
-        plan = _ReadPlan(spec, fspec, decision,
-                         field_name if field_name != "account" else "account_id", audit_label)
+        plan = _ReadPlan(spec, fspec, decision, fspec.attr, audit_label)
         self._plans[(object_type, field_name)] = plan
         return plan
 
@@ -176,6 +289,42 @@ class Guard:
         except FieldDecryptionError:
             raise SealedFieldError(spec.name, record.id, field_name) from None
 
+    def _custom_value(self, spec: ObjectSpec, record: Any, fspec: FieldSpec) -> Any:
+        key = fspec.attr
+        if not fspec.sealed:
+            return (record.custom_plain or {}).get(key)
+        return self._custom_sealed(spec, record).get(key)
+
+    def _custom_sealed(self, spec: ObjectSpec, record: Any) -> dict[str, Any]:
+        opened = self._custom_opened.get(record.id)
+        if opened is None:
+            blob = record.custom_sealed
+            opened = {} if blob is None else json.loads(
+                self._open(spec, record, CUSTOM_SEALED.name, blob))
+            self._custom_opened[record.id] = opened
+        return opened
+
+    def consents(self, contact_id: str, channel: str) -> bool:
+        """Whether marketing consent on `channel` is in force for this contact (the newest
+        consent event says granted). Looked up for every preloaded record at once."""
+        found = self._consent.get((contact_id, channel))
+        if found is not None:
+            return found
+        ids = self._consent_pending | {contact_id}
+        self._consent_pending = set()
+        rows = self.session.execute(
+            select(Consent.contact_id, Consent.channel, Consent.granted)
+            .where(Consent.contact_id.in_(ids), Consent.purpose == MARKETING_PURPOSE)
+            .order_by(Consent.recorded_at, Consent.id))
+        latest: dict[tuple[str, str], bool] = {}
+        for row_contact, row_channel, granted in rows:
+            latest[(row_contact, row_channel)] = bool(granted)
+        channels = {"email", "phone"} | {ch for _, ch in latest}
+        for other in ids:
+            for ch in channels:
+                self._consent[(other, ch)] = latest.get((other, ch), False)
+        return self._consent.get((contact_id, channel), False)
+
     def _aead(self, subject_id: str, version: int) -> PreparedKey | None:
         aead = self._aeads.get((subject_id, version))
         if aead is None:
@@ -184,13 +333,6 @@ class Guard:
                 return None
             aead = self._aeads[(subject_id, version)] = prepare_key(key)
         return aead
-
-    def _note_read(self, object_type: str, record_id: str, field_name: str) -> None:
-        reads = self._reads.get(object_type)
-        if reads is None:
-            reads = self._reads[object_type] = _Reads()
-        reads.ids[record_id] = None
-        reads.fields[field_name] = None
 
     def refuse(self, object_type: str, record_ids: Iterable[str], fields: Iterable[str],
                reason: str) -> None:
@@ -211,20 +353,34 @@ class Guard:
             self.refuse(object_type, (), denied, reason)
             raise Forbidden(reason, fields=denied)
 
-    def seal_fields(self, object_type: str, record: Any, values: Mapping[str, str | None]) -> None:
-        """Seal `values` onto `record` under the subject's key for the current version, and
-        keep its blind indexes in step. Every sealed field of the row moves to that version."""
-        spec = OBJECTS[object_type]
+    def seal_fields(self, object_type: str, record: Any, values: Mapping[str, str | None],
+                    custom: Mapping[str, Any] | None = None) -> None:
+        """Seal `values` (and changes `custom` to the sealed custom values) onto `record` under
+        the subject's key for the current version, and keep its blind indexes in step. Every
+        sealed value of the row moves to that version."""
+        spec = self.policy.spec(object_type)
         plain: dict[str, str | None] = {}
+        sealed_custom: dict[str, Any] = {}
         if record.key_version is not None:  # an existing row: re-seal what it already holds
             for fspec in spec.sealed_fields:
                 current = getattr(record, fspec.name)
                 plain[fspec.name] = (None if current is None
                                      else self._open(spec, record, fspec.name, current))
+            sealed_custom = dict(self._custom_sealed(spec, record))
         plain.update(values)
+        for name, custom_value in (custom or {}).items():
+            if custom_value is None:
+                sealed_custom.pop(name, None)
+            else:
+                sealed_custom[name] = custom_value
+        if sealed_custom or getattr(record, "custom_sealed", None) is not None:
+            plain[CUSTOM_SEALED.name] = (json.dumps(sealed_custom, sort_keys=True)
+                                         if sealed_custom else None)
+        self._custom_opened[record.id] = sealed_custom
         version, key = self.keyring.create_subject_key(self.session, record.id)
         index_key = self.keyring.key(BLIND_INDEX) or b""
-        for fspec in spec.sealed_fields:
+        targets = spec.sealed_fields + ((CUSTOM_SEALED,) if CUSTOM_SEALED.name in plain else ())
+        for fspec in targets:
             value = plain.get(fspec.name)
             setattr(record, fspec.name, None if value is None else Sealed(seal(
                 key, key_version=version, table=spec.table, column=fspec.name,

@@ -15,6 +15,8 @@ class Principal:
     kind: str = "client"
     #: For a person: the sign-in session their token came from (ending it ends the token).
     session_id: str | None = None
+    #: For a person: the web client (application) their token was issued to.
+    client_id: str | None = None
 
     @property
     def actor(self) -> str:

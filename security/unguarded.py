@@ -39,12 +39,16 @@ class UnguardedGuard(Guard):
         pass
 
     def reveal(self, object_type: str, record: Any, field_name: str) -> Any:
-        value = getattr(record, field_name if field_name != "account" else "account_id")
+        fspec = OBJECTS[object_type].field(field_name)
+        if fspec.custom:
+            return None
+        value = getattr(record, fspec.attr)
         if isinstance(value, Sealed):
             return value.ciphertext.decode("utf-8")
         return value
 
-    def seal_fields(self, object_type: str, record: Any, values: Mapping[str, str | None]) -> None:
+    def seal_fields(self, object_type: str, record: Any, values: Mapping[str, str | None],
+                    custom: Mapping[str, Any] | None = None) -> None:
         index_key = self.keyring.key(BLIND_INDEX) or b""
         for fspec in OBJECTS[object_type].sealed_fields:
             if fspec.name not in values:

@@ -7,6 +7,7 @@ Personal fields are `SealedColumn`s (ciphertext only); their blind indexes sit b
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -19,35 +20,26 @@ from sqlalchemy import (
     Text,
     select,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, query_expression, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.sql.selectable import ScalarSelect
 
+from storage.base import Base, RecordMixin, utcnow
 from storage.columns import UTCDateTime
 from storage.sealed import Sealed, SealedColumn
 
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+__all__ = ["Base", "RecordMixin", "utcnow"]
 
 
-class Base(DeclarativeBase):
-    pass
-
-
-class Account(Base):
+class Account(RecordMixin, Base):
     __tablename__ = "accounts"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     industry: Mapped[str | None] = mapped_column(String(100))
     website: Mapped[str | None] = mapped_column(String(300))
-    owner: Mapped[str] = mapped_column(String(100), index=True)
-    team: Mapped[str | None] = mapped_column(String(100), index=True)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Contact(Base):
+class Contact(RecordMixin, Base):
     __tablename__ = "contacts"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -65,17 +57,8 @@ class Contact(Base):
     birth_date: Mapped[Sealed | None] = mapped_column(SealedColumn)
     national_id: Mapped[Sealed | None] = mapped_column(SealedColumn)
     notes: Mapped[Sealed | None] = mapped_column(SealedColumn)
-    # The data-key version every sealed field of this row is sealed under (rows move whole).
-    key_version: Mapped[int] = mapped_column(Integer, index=True)
-    owner: Mapped[str] = mapped_column(String(100), index=True)
-    team: Mapped[str | None] = mapped_column(String(100), index=True)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     account: Mapped[Account | None] = relationship(lazy="raise")
-    #: The wrapped subject key of `key_version`, when the query asked for it (saves a round trip
-    #: per page: see `current_subject_key`).
-    current_wrapped_key: Mapped[bytes | None] = query_expression()
 
 
 class DataKey(Base):
@@ -289,9 +272,24 @@ class AuthorizationCode(Base):
     used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
-def current_subject_key() -> ScalarSelect[bytes]:
-    """Each contact's wrapped subject key for the version its fields are sealed under, as a
-    column of the contact query (use with `with_expression(Contact.current_wrapped_key, ...)`)."""
+def current_subject_key(model: Any = None) -> ScalarSelect[bytes]:
+    """Each record's wrapped subject key for the version its fields are sealed under, as a
+    column of the record query (use with `with_expression(Model.current_wrapped_key, ...)`)."""
+    model = Contact if model is None else model
     return (select(SubjectKey.wrapped)
-            .where(SubjectKey.subject_id == Contact.id, SubjectKey.version == Contact.key_version)
+            .where(SubjectKey.subject_id == model.id, SubjectKey.version == model.key_version)
             .scalar_subquery())
+
+
+# The CRM objects beyond accounts and contacts live in their own module; importing it here puts
+# their tables on `Base.metadata` for migrations and backups.
+from storage import crm_models as _crm_models  # noqa: E402
+
+#: The table of each guarded object type.
+MODELS: dict[str, Any] = {
+    "account": Account, "contact": Contact, "lead": _crm_models.Lead,
+    "opportunity": _crm_models.Opportunity, "activity": _crm_models.Activity,
+    "case": _crm_models.Case, "campaign": _crm_models.Campaign,
+    "campaign_member": _crm_models.CampaignMember, "consent": _crm_models.Consent,
+}
+from storage import documents_models as _documents_models  # noqa: E402,F401

@@ -253,7 +253,7 @@ def test_field_matrix_follows_the_policy(appliance: Appliance, caller: Any) -> N
                  for role in ROLES for spec in (CONTACT, ACCOUNT) for f in spec.fields}
     assert decisions >= {"allow", "deny"}
     assert {r for r in ROLES if not read_scopes(rules, r, "contact")} == \
-        {"admin", "security_officer", "auditor", "integration"}
+        {"admin", "security_officer", "auditor", "privacy_officer", "integration"}
     for role in ("sales_rep", "support_agent"):
         assert {expected_field(rules, role, "contact", CONTACT.field(f))
                 for f in ("birth_date", "national_id")} == {"deny"}

@@ -6,6 +6,7 @@ test_backup_cli.py, the file format and retention rules in test_backup_format.py
 
 from __future__ import annotations
 
+import random
 import threading
 import tracemalloc
 import uuid
@@ -27,6 +28,7 @@ from backup_support import (
 from conftest import new_client, operator
 from sqlalchemy import func, insert, select, text
 
+from api.demo_crm import fill_modules
 from backup import (
     BackupError,
     TargetNotEmpty,
@@ -223,7 +225,12 @@ def test_round_trip_onto_a_fresh_machine_while_a_writer_writes(
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_sqlite_backup_restores_into_postgresql_and_back(
         appliance: Appliance, officer: Officer, tmp_path: Path, pg_admin: Any) -> None:
-    seed(appliance, 12)
+    contact_ids = seed(appliance, 12)
+    with appliance.sessions() as session:
+        account_ids = list(session.scalars(select(Account.id)))
+    # Every CRM module too: decimals, dates, JSON and sealed values of each kind of record.
+    fill_modules(appliance, operator("sales_manager", "support_agent", "marketing", team="east"),
+                 contact_ids, account_ids, random.Random(3))
     first = create_backup(appliance, tmp_path / "backups", principal=ADMIN)
     engine, created = pg_admin
     name = f"enclave_cross_{uuid.uuid4().hex[:12]}"
@@ -248,7 +255,10 @@ def test_sqlite_backup_restores_into_postgresql_and_back(
         final, source = tables(again), tables(appliance.engine)
     finally:
         again.dispose()
-    for table in ("accounts", "contacts", "subject_keys", "api_clients", "policy_rules"):
+    crm = ("leads", "opportunities", "opportunity_stage_changes", "activities", "cases",
+           "campaigns", "campaign_members", "consents", "pipeline_stages", "sla_policies")
+    assert all(source[table] for table in crm)
+    for table in ("accounts", "contacts", "subject_keys", "api_clients", "policy_rules", *crm):
         assert final[table] == middle[table] == source[table], table
     events = first.manifest.table("audit_events").rows  # type: ignore[union-attr]
     assert final["audit_events"][:events] == source["audit_events"][:events]

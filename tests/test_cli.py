@@ -270,17 +270,28 @@ def test_readable_kek_is_refused(dev_dir: Path) -> None:
 
 def test_rotate_reencrypt_verify_then_tamper(dev_dir: Path) -> None:
     demo = ok(dev_dir, "demo", "--contacts", "20")
-    assert "20 contacts" in demo.stdout
+    assert "20 contacts" in demo.stdout and "leads" in demo.stdout
+    database = dev_dir / "enclave.db"
+    sealed_tables = ("contacts", "leads", "opportunities", "activities", "cases", "consents")
+    with sqlite3.connect(database) as connection:
+        sealed_rows = sum(connection.execute(
+            f"SELECT count(*) FROM {table} WHERE key_version IS NOT NULL").fetchone()[0]
+            for table in sealed_tables)
+        # every module was filled
+        assert all(connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0] > 0
+                   for table in (*sealed_tables, "campaigns", "campaign_members"))
     rotated = ok(dev_dir, "keys", "rotate")
     assert "version 2" in rotated.stdout
     moved = ok(dev_dir, "keys", "reencrypt", "--batch-size", "7")
-    assert "re-encrypted 20 contacts to field key version 2" in moved.stdout
-    database = dev_dir / "enclave.db"
+    assert f"re-encrypted {sealed_rows} records to field key version 2" in moved.stdout
     with sqlite3.connect(database) as connection:
-        versions = connection.execute("SELECT DISTINCT key_version FROM contacts").fetchall()
-    assert versions == [(2,)]
+        for table in sealed_tables:
+            versions = connection.execute(
+                f"SELECT DISTINCT key_version FROM {table} WHERE key_version IS NOT NULL"
+            ).fetchall()
+            assert versions in ([], [(2,)]), table
     again = ok(dev_dir, "keys", "reencrypt")
-    assert "re-encrypted 0 contacts" in again.stdout
+    assert "re-encrypted 0 records" in again.stdout
 
     verified = ok(dev_dir, "audit", "verify", "--json")
     report = json.loads(verified.stdout)

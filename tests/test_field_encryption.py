@@ -20,7 +20,10 @@ from security.fieldcrypt import (
     FieldDecryptionError,
     key_version_of,
     new_key,
+    open_at,
     open_sealed,
+    place,
+    prepare_key,
     seal,
 )
 
@@ -77,10 +80,26 @@ def _seal(key: bytes, plaintext: str = "jane@example.com", **overrides: Any) -> 
 
 
 def _open(key: bytes | None, blob: bytes, **overrides: Any) -> str:
-    place: dict[str, Any] = {"table": "contacts", "column": "email", "row_id": ROW}
+    """Opens with `open_sealed`, and checks that `open_at` (the compiled path's form) gives
+    the same value or the same opaque error."""
+    where: dict[str, Any] = {"table": "contacts", "column": "email", "row_id": ROW}
     version = overrides.pop("version", 3)
-    place.update(overrides)
-    return open_sealed(lambda v: key if v == version else None, blob=blob, **place)
+    where.update(overrides)
+    try:
+        value = open_sealed(lambda v: key if v == version else None, blob=blob, **where)
+    except FieldDecryptionError:
+        with pytest.raises(FieldDecryptionError) as caught:
+            _open_at(key, version, blob, where)
+        assert caught.value.__cause__ is None
+        raise
+    assert _open_at(key, version, blob, where) == value
+    return value
+
+
+def _open_at(key: bytes | None, version: int, blob: bytes, where: dict[str, Any]) -> str:
+    prepared = None if key is None else prepare_key(key)
+    return open_at(lambda row_id, v: prepared if (row_id, v) == (where["row_id"], version)
+                   else None, place(where["table"], where["column"]), where["row_id"], blob)
 
 
 def test_round_trip_and_format(key: bytes) -> None:

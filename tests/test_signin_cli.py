@@ -143,8 +143,11 @@ def test_upgrading_a_data_folder_from_before_peoples_sign_in(tmp_path: Path) -> 
             entry = connection.execute(text(
                 "SELECT actor, fields FROM audit_events WHERE action = 'policy.defaults'")).one()
         assert entry.actor == "system:enclave"
-        assert json.loads(entry.fields) == ["admin:user:@all:manage", "auditor:audit:@all:read",
-                                            "auditor:policy:@all:read"]
+        # Revision 2's rules (people's sign-in), then every later revision's.
+        added = json.loads(entry.fields)
+        assert added[:3] == ["admin:user:@all:manage", "auditor:audit:@all:read",
+                             "auditor:policy:@all:read"]
+        assert added == [":".join(r.as_tuple()) for r in rules_added_since(1)]
         with unit_of_work(appliance, operator("admin")) as ctx:
             users.create_user(ctx, email="first@example.com", roles=["auditor"],
                               password=SECRET_PASSWORD)

@@ -12,6 +12,8 @@
 #   IMAGE_OUT=DIR          output folder (default build/image): disk.raw, and disk.raw.zst with
 #   IMAGE_ZSTD=1           a zstd-compressed copy
 #   IMAGE_SIZE_MIB=N       size of the root file system (default: used space x 1.5, at least 2048)
+#   IMAGE_REUSE_ROOTFS=1   provision the root file system left by the previous build again instead
+#                          of a fresh one (faster while changing roles; not for release images)
 #   APPLIANCE_KEEP_ROOTFS, APPLIANCE_MIRROR, APPLIANCE_SECURITY_MIRROR: as for make appliance-test
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -34,9 +36,16 @@ step "tools: mmdebstrap, GRUB for EFI, mtools, dosfstools, gdisk, zstd, Ansible"
 timed tools install_tools sgdisk=gdisk mcopy=mtools mkfs.vfat=dosfstools zstd=zstd \
   grub-mkstandalone=grub-efi-amd64-bin /usr/lib/grub/x86_64-efi/linux.mod=grub-efi-amd64-bin
 
-step "root file system: mmdebstrap minbase bookworm with a kernel"
-timed rootfs build_rootfs "$TARBALL" "$ROOTFS" \
-  python3,python3-apt,systemd,systemd-sysv,linux-image-amd64,initramfs-tools
+REUSE=0
+[ "${IMAGE_REUSE_ROOTFS:-0}" = 1 ] && [ -x "$ROOTFS/usr/bin/systemctl" ] && REUSE=1
+if [ "$REUSE" = 1 ]; then
+  step "root file system: the previous build's, provisioned again (IMAGE_REUSE_ROOTFS=1)"
+  cp -L /etc/resolv.conf "$ROOTFS/etc/resolv.conf"   # removed again by finish_rootfs
+else
+  step "root file system: mmdebstrap minbase bookworm with a kernel"
+  timed rootfs build_rootfs "$TARBALL" "$ROOTFS" \
+    python3,python3-apt,systemd,systemd-sysv,linux-image-amd64,initramfs-tools
+fi
 
 step "what a bootable system needs that the roles leave to the machine: fstab, network"
 prepare_boot() {
@@ -54,7 +63,7 @@ DHCP=yes
 NET
   chroot "$ROOTFS" systemctl enable systemd-networkd.service >/dev/null 2>&1
 }
-timed prepare prepare_boot
+[ "$REUSE" = 1 ] || timed prepare prepare_boot
 
 step "provision through the chroot connection (site.yml, variables from $IMAGE_VARS)"
 chroot_inventory "$ROOTFS" "$WORK/inventory.yml"
@@ -94,34 +103,9 @@ timed finish finish_rootfs
 
 step "disk: ext4 root (mkfs.ext4 -d), EFI system partition with GRUB, GPT"
 make_disk() {
-  local used size esp=$WORK/esp.img root=$WORK/root.ext4 disk=$OUT/disk.raw.partial
-  used=$(du -sm "$ROOTFS" | cut -f1)
-  size=${IMAGE_SIZE_MIB:-$(( used * 3 / 2 > 2048 ? used * 3 / 2 : 2048 ))}
-  echo "root file system: ${used} MiB used, ${size} MiB ext4"
   mkdir -p "$OUT"
-  rm -f "$root" "$esp" "$disk" "$OUT/disk.raw" "$OUT/disk.raw.zst"
-  truncate -s "${size}M" "$root"
-  mkfs.ext4 -q -F -L root -d "$ROOTFS" "$root"
-  cat > "$WORK/grub-embed.cfg" <<'G'
-set timeout=1
-search --no-floppy --label root --set=root
-linux /vmlinuz root=LABEL=root ro console=tty0 console=ttyS0 panic=-1
-initrd /initrd.img
-boot
-G
-  grub-mkstandalone -O x86_64-efi -o "$WORK/BOOTX64.EFI" \
-    --modules="part_gpt ext2 search search_label linux normal echo" "boot/grub/grub.cfg=$WORK/grub-embed.cfg"
-  mkfs.vfat -C -F 32 -n ESP "$esp" 65536 >/dev/null
-  mmd -i "$esp" ::/EFI ::/EFI/BOOT
-  mcopy -i "$esp" "$WORK/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
-  # 1 MiB gap, 64 MiB ESP from sector 2048, root from 65 MiB, 1 MiB for the backup GPT.
-  truncate -s "$(( 65 + size + 1 ))M" "$disk"
-  sgdisk -o -n1:2048:+64M -t1:ef00 -c1:ESP -n2:133120:0 -t2:8304 -c2:root "$disk" >/dev/null
-  sgdisk -v "$disk" >/dev/null && [ "$(sgdisk -i 2 "$disk" | grep -c "Partition name: .root.")" = 1 ] || fail "no GPT on the disk"
-  dd if="$esp" of="$disk" bs=512 seek=2048 conv=notrunc,sparse status=none
-  dd if="$root" of="$disk" bs=1M seek=65 conv=notrunc,sparse status=none
-  rm -f "$root" "$esp"
-  mv "$disk" "$OUT/disk.raw"
+  rm -f "$OUT/disk.raw" "$OUT/disk.raw.zst"
+  make_disk_from "$ROOTFS" "$OUT/disk.raw" "${IMAGE_SIZE_MIB:-}"
   if [ "${IMAGE_ZSTD:-0}" = 1 ]; then
     zstd -q -T0 -3 -f "$OUT/disk.raw" -o "$OUT/disk.raw.zst"
   fi

@@ -114,3 +114,36 @@ provision() {
   sed -n '/PLAY RECAP/,$p' "$log"
 }
 recap() { grep -E '^rootfs\s+:' "$1" | grep -oE "$2=[0-9]+" | cut -d= -f2; }
+
+# make_disk_from ROOTFS DISK [SIZE_MIB]: a GPT disk with an EFI system partition (GRUB from
+# grub-mkstandalone) and an ext4 root made with mkfs.ext4 -d from ROOTFS (no loop device, no
+# mount). SIZE_MIB defaults to the used space x 1.5, at least 2048. Scratch files go to $WORK.
+make_disk_from() {
+  local rootfs=$1 out=$2 size=${3:-} used esp=$WORK/esp.img root=$WORK/root.ext4 disk=$2.partial
+  used=$(du -sm "$rootfs" | cut -f1)
+  [ -n "$size" ] || size=$(( used * 3 / 2 > 2048 ? used * 3 / 2 : 2048 ))
+  echo "root file system: ${used} MiB used, ${size} MiB ext4"
+  rm -f "$root" "$esp" "$disk" "$out"
+  truncate -s "${size}M" "$root"
+  mkfs.ext4 -q -F -L root -d "$rootfs" "$root"
+  cat > "$WORK/grub-embed.cfg" <<'G'
+set timeout=1
+search --no-floppy --label root --set=root
+linux /vmlinuz root=LABEL=root ro console=tty0 console=ttyS0 panic=-1
+initrd /initrd.img
+boot
+G
+  grub-mkstandalone -O x86_64-efi -o "$WORK/BOOTX64.EFI" \
+    --modules="part_gpt ext2 search search_label linux normal echo" "boot/grub/grub.cfg=$WORK/grub-embed.cfg"
+  mkfs.vfat -C -F 32 -n ESP "$esp" 65536 >/dev/null
+  mmd -i "$esp" ::/EFI ::/EFI/BOOT
+  mcopy -i "$esp" "$WORK/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
+  # 1 MiB gap, 64 MiB ESP from sector 2048, root from 65 MiB, 1 MiB for the backup GPT.
+  truncate -s "$(( 65 + size + 1 ))M" "$disk"
+  sgdisk -o -n1:2048:+64M -t1:ef00 -c1:ESP -n2:133120:0 -t2:8304 -c2:root "$disk" >/dev/null
+  sgdisk -v "$disk" >/dev/null && [ "$(sgdisk -i 2 "$disk" | grep -c "Partition name: .root.")" = 1 ] || fail "no GPT on the disk"
+  dd if="$esp" of="$disk" bs=512 seek=2048 conv=notrunc,sparse status=none
+  dd if="$root" of="$disk" bs=1M seek=65 conv=notrunc,sparse status=none
+  rm -f "$root" "$esp"
+  mv "$disk" "$out"
+}

@@ -10,19 +10,26 @@ import strawberry
 from strawberry.types import Info
 
 from schema.context import RequestContext
+from schema.graphql import (
+    activities,
+    campaigns,
+    cases,
+    custom_fields,
+    data_transfer,
+    leads,
+    opportunities,
+    privacy,
+    webhooks,
+)
 from schema.graphql import types as t
+from schema.graphql.fields import RecordFilter, RecordSort, split_input, to_filters, to_sort
 from schema.ops import accounts, audit_log, clients, contacts, policies
 from schema.ops.records import Page
-from schema.ops.validation import encode_cursor
 from security.authz import Rule
 
 Ctx = Info[RequestContext, Any]
 
 
-def _given(patch: Any) -> dict[str, Any]:
-    """The fields the caller actually set in a patch (UNSET ones are left alone)."""
-    return {f.name: getattr(patch, f.name) for f in dataclasses.fields(patch)
-            if getattr(patch, f.name) is not strawberry.UNSET}
 
 
 def _page_info(page: Page[Any]) -> t.PageInfo:
@@ -32,14 +39,14 @@ def _page_info(page: Page[Any]) -> t.PageInfo:
 
 def _contact_connection(page: Page[Any]) -> t.ContactConnection:
     return t.ContactConnection(
-        edges=[t.ContactEdge(cursor=encode_cursor(row.id), node=t.Contact(row=row))
+        edges=[t.ContactEdge(cursor=page.cursor_of(row), node=t.Contact(row=row))
                for row in page.items],
         page_info=_page_info(page))
 
 
 def _account_connection(page: Page[Any]) -> t.AccountConnection:
     return t.AccountConnection(
-        edges=[t.AccountEdge(cursor=encode_cursor(row.id), node=t.Account(row=row))
+        edges=[t.AccountEdge(cursor=page.cursor_of(row), node=t.Account(row=row))
                for row in page.items],
         page_info=_page_info(page))
 
@@ -60,16 +67,21 @@ def _audit_event(row: Any) -> t.AuditEvent:
 # Root fields are nullable on purpose: a refused or failed field comes back null with its error,
 # and the rest of the answer (including earlier mutations' results) still arrives.
 @strawberry.type
-class Query:
+class Query(leads.Queries, opportunities.Queries, activities.Queries, cases.Queries,
+            campaigns.Queries, privacy.Queries, custom_fields.Queries, data_transfer.Queries,
+            webhooks.Queries):
     @strawberry.field
     def me(self, info: Ctx) -> t.Me:
         p = info.context.principal
         return t.Me(id=p.id, name=p.name, roles=list(p.roles), team=p.team)
 
     @strawberry.field
-    def accounts(self, info: Ctx, first: int | None = 20,
-                 after: str | None = None) -> t.AccountConnection | None:
-        return _account_connection(accounts.list_accounts(info.context, first=first, after=after))
+    def accounts(self, info: Ctx, first: int | None = 20, after: str | None = None,
+                 filter: list[RecordFilter] | None = None,
+                 sort: list[RecordSort] | None = None) -> t.AccountConnection | None:
+        return _account_connection(accounts.list_accounts(
+            info.context, first=first, after=after, filters=to_filters(filter),
+            sort=to_sort(sort)))
 
     @strawberry.field
     def account(self, info: Ctx, id: strawberry.ID) -> t.Account | None:
@@ -77,11 +89,14 @@ class Query:
 
     @strawberry.field
     def contacts(self, info: Ctx, first: int | None = 20, after: str | None = None,
-                 filter: t.ContactFilter | None = None) -> t.ContactConnection | None:
+                 filter: t.ContactFilter | None = None,
+                 filters: list[RecordFilter] | None = None,
+                 sort: list[RecordSort] | None = None) -> t.ContactConnection | None:
         f = filter or t.ContactFilter()
         page = contacts.list_contacts(info.context, first=first, after=after,
                                       account_id=f.account_id, owner=f.owner, email=f.email,
-                                      phone=f.phone)
+                                      phone=f.phone, filters=to_filters(filters),
+                                      sort=to_sort(sort))
         return _contact_connection(page)
 
     @strawberry.field
@@ -112,17 +127,21 @@ class Query:
 
 
 @strawberry.type
-class Mutation:
+class Mutation(leads.Mutations, opportunities.Mutations, activities.Mutations, cases.Mutations,
+               campaigns.Mutations, privacy.Mutations, custom_fields.Mutations,
+               data_transfer.Mutations, webhooks.Mutations):
     @strawberry.mutation
     def create_account(self, info: Ctx, input: t.AccountInput) -> t.Account | None:
         with info.context.savepoint():
-            row = accounts.create_account(info.context, dataclasses.asdict(input))
+            values, custom = split_input(input)
+            row = accounts.create_account(info.context, values, custom=custom)
         return t.Account(row=row)
 
     @strawberry.mutation
     def update_account(self, info: Ctx, id: strawberry.ID, input: t.AccountPatch) -> t.Account | None:
         with info.context.savepoint():
-            row = accounts.update_account(info.context, id, _given(input))
+            values, custom = split_input(input)
+            row = accounts.update_account(info.context, id, values, custom=custom)
         return t.Account(row=row)
 
     @strawberry.mutation
@@ -133,13 +152,15 @@ class Mutation:
     @strawberry.mutation
     def create_contact(self, info: Ctx, input: t.ContactInput) -> t.Contact | None:
         with info.context.savepoint():
-            row = contacts.create_contact(info.context, dataclasses.asdict(input))
+            values, custom = split_input(input)
+            row = contacts.create_contact(info.context, values, custom=custom)
         return t.Contact(row=row)
 
     @strawberry.mutation
     def update_contact(self, info: Ctx, id: strawberry.ID, input: t.ContactPatch) -> t.Contact | None:
         with info.context.savepoint():
-            row = contacts.update_contact(info.context, id, _given(input))
+            values, custom = split_input(input)
+            row = contacts.update_contact(info.context, id, values, custom=custom)
         return t.Contact(row=row)
 
     @strawberry.mutation

@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
 from strawberry.types import Info
 
 from schema.context import RequestContext
+from schema.ops.custom_values import read_custom
 from storage.models import Account as AccountRow
 from storage.models import Contact as ContactRow
+
+if TYPE_CHECKING:
+    from schema.graphql.fields import CustomFieldInput, CustomFieldValue
+
+# Custom field types live in schema.graphql.fields, which imports this module: lazily here.
+_FIELDS = "schema.graphql.fields"
 
 
 def _reveal(info: Info[RequestContext, Any], object_type: str, row: Any, field: str) -> Any:
     return info.context.guard.reveal(object_type, row, field)
+
+
+def _custom(info: Info[RequestContext, Any], object_type: str, row: Any,
+            keys: list[str] | None) -> list[CustomFieldValue]:
+    from schema.graphql.fields import _typed  # fields imports this module
+    return [_typed(r.key, r.value_type, r.value)
+            for r in read_custom(info.context, object_type, row, keys)]
 
 
 @strawberry.type
@@ -60,6 +74,13 @@ class Account:
     @strawberry.field
     def updated_at(self, info: Info[RequestContext, Any]) -> dt.datetime | None:
         return _reveal(info, "account", self.row, "updated_at")
+
+    @strawberry.field(description="The custom values the caller may read; keys asked for by "
+                                  "name that the caller may not read are refused.")
+    def custom_fields(
+        self, info: Info[RequestContext, Any], keys: list[str] | None = None,
+    ) -> list[Annotated[CustomFieldValue, strawberry.lazy(_FIELDS)]]:
+        return _custom(info, "account", self.row, keys)
 
 
 @strawberry.type
@@ -129,6 +150,13 @@ class Contact:
     @strawberry.field
     def updated_at(self, info: Info[RequestContext, Any]) -> dt.datetime | None:
         return _reveal(info, "contact", self.row, "updated_at")
+
+    @strawberry.field(description="The custom values the caller may read; keys asked for by "
+                                  "name that the caller may not read are refused.")
+    def custom_fields(
+        self, info: Info[RequestContext, Any], keys: list[str] | None = None,
+    ) -> list[Annotated[CustomFieldValue, strawberry.lazy(_FIELDS)]]:
+        return _custom(info, "contact", self.row, keys)
 
 
 @strawberry.type
@@ -231,6 +259,7 @@ class AccountInput:
     name: str
     industry: str | None = None
     website: str | None = None
+    custom_fields: list[Annotated[CustomFieldInput, strawberry.lazy(_FIELDS)]] | None = None
 
 
 @strawberry.input
@@ -238,6 +267,7 @@ class AccountPatch:
     name: str | None = strawberry.UNSET
     industry: str | None = strawberry.UNSET
     website: str | None = strawberry.UNSET
+    custom_fields: list[Annotated[CustomFieldInput, strawberry.lazy(_FIELDS)]] | None = None
 
 
 @strawberry.input
@@ -252,6 +282,7 @@ class ContactInput:
     birth_date: str | None = None
     national_id: str | None = None
     notes: str | None = None
+    custom_fields: list[Annotated[CustomFieldInput, strawberry.lazy(_FIELDS)]] | None = None
 
 
 @strawberry.input
@@ -266,6 +297,7 @@ class ContactPatch:
     birth_date: str | None = strawberry.UNSET
     national_id: str | None = strawberry.UNSET
     notes: str | None = strawberry.UNSET
+    custom_fields: list[Annotated[CustomFieldInput, strawberry.lazy(_FIELDS)]] | None = None
 
 
 @strawberry.input

@@ -1,13 +1,16 @@
-"""Accounts: organisations the customer does business with. No sealed fields."""
+"""Accounts: organisations the customer does business with. No sealed fields of their own;
+confidential or restricted custom values are sealed under the account's key."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from schema.context import RequestContext
-from schema.ops import validation
-from schema.ops.records import Page, get_visible, page, require_create, visible_query
+from schema.ops import search, validation
+from schema.ops.contacts import merge_plain
+from schema.ops.custom_values import CustomValue, split_custom
+from schema.ops.records import Page, get_visible, list_records, require_create
 from security.authz import WRITE
 from security.errors import BadUserInput
 from storage.ids import new_id
@@ -30,41 +33,65 @@ def _clean(data: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
     return {name: checks[name](value) for name, value in data.items()}
 
 
-def list_accounts(ctx: RequestContext, *, first: int | None = None,
-                  after: str | None = None) -> Page[Account]:
-    return page(ctx, visible_query(ctx, Account, OBJECT), Account, first=first, after=after)
+def list_accounts(ctx: RequestContext, *, first: int | None = None, after: str | None = None,
+                  filters: Sequence[search.FieldFilter] = (),
+                  sort: Sequence[search.SortKey] = ()) -> Page[Account]:
+    result: Page[Account] = list_records(ctx, OBJECT, first=first, after=after,
+                                         filters=filters, sort=sort)
+    return result
 
 
 def get_account(ctx: RequestContext, account_id: str) -> Account:
     return get_visible(ctx, Account, OBJECT, account_id)
 
 
-def create_account(ctx: RequestContext, data: Mapping[str, Any]) -> Account:
+def create_account(ctx: RequestContext, data: Mapping[str, Any], *,
+                   custom: Sequence[CustomValue] = ()) -> Account:
     values = _clean(data, creating=True)
     require_create(ctx, OBJECT)
     ctx.guard.check_writable(OBJECT, values)
     account = Account(id=new_id(), owner=ctx.principal.id, team=ctx.principal.team, **values)
+    plain_custom, sealed_custom = split_custom(ctx, OBJECT, custom)
+    account.custom_plain = plain_custom or None
+    if sealed_custom:
+        ctx.guard.seal_fields(OBJECT, account, {}, sealed_custom)
     ctx.session.add(account)
     ctx.session.flush()
-    ctx.audit("account.create", object_type=OBJECT, object_ids=[account.id], fields=list(values))
+    ctx.audit("account.create", object_type=OBJECT, object_ids=[account.id],
+              fields=list(values) + [c.policy_name for c in custom])
+    ctx.emit("created", OBJECT, account.id)
     return account
 
 
-def update_account(ctx: RequestContext, account_id: str, changes: Mapping[str, Any]) -> Account:
+def update_account(ctx: RequestContext, account_id: str, changes: Mapping[str, Any], *,
+                   custom: Sequence[CustomValue] = ()) -> Account:
     values = _clean(changes, creating=False)
     account = get_visible(ctx, Account, OBJECT, account_id, WRITE)
     ctx.guard.check_writable(OBJECT, values)
     for name, value in values.items():
         setattr(account, name, value)
+    plain_custom, sealed_custom = split_custom(ctx, OBJECT, custom)
+    if plain_custom:
+        account.custom_plain = merge_plain(account.custom_plain, plain_custom)
+    if sealed_custom:
+        ctx.guard.preload([account])
+        ctx.guard.seal_fields(OBJECT, account, {}, sealed_custom)
     account.updated_at = utcnow()
     ctx.session.flush()
-    ctx.audit("account.update", object_type=OBJECT, object_ids=[account.id], fields=list(values))
+    ctx.audit("account.update", object_type=OBJECT, object_ids=[account.id],
+              fields=list(values) + [c.policy_name for c in custom])
+    ctx.emit("updated", OBJECT, account.id)
     return account
 
 
 def delete_account(ctx: RequestContext, account_id: str) -> str:
     account = get_visible(ctx, Account, OBJECT, account_id, WRITE)
     ctx.session.delete(account)
+    shredded = account.key_version is not None
+    if shredded:  # sealed custom values: no copy of them opens again
+        ctx.guard.keyring.destroy_subject_keys(ctx.session, account.id)
     ctx.session.flush()
-    ctx.audit("account.delete", object_type=OBJECT, object_ids=[account.id])
+    ctx.audit("account.delete", object_type=OBJECT, object_ids=[account.id],
+              fields=["subject_keys:destroyed"] if shredded else [])
+    ctx.emit("deleted", OBJECT, account.id)
     return account.id

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import with_expression
+from sqlalchemy import ColumnElement, select
 
 from schema.context import RequestContext
-from schema.ops import validation
-from schema.ops.records import Page, get_visible, page, require_create, visible_query
+from schema.ops import search, validation
+from schema.ops.custom_values import CustomValue, split_custom
+from schema.ops.records import Page, get_visible, list_records, require_create
 from security.authz import READ, WRITE, Decision
 from security.classification import CONTACT
 from security.errors import BadUserInput, Forbidden
 from storage.ids import new_id
-from storage.models import Account, Contact, Erasure, current_subject_key, utcnow
+from storage.models import Account, Contact, Erasure, utcnow
 
 OBJECT = "contact"
 
@@ -69,25 +69,25 @@ def _check_searchable(ctx: RequestContext, field_names: list[str]) -> None:
 
 def list_contacts(ctx: RequestContext, *, first: int | None = None, after: str | None = None,
                   account_id: str | None = None, owner: str | None = None,
-                  email: str | None = None, phone: str | None = None) -> Page[Contact]:
-    statement = visible_query(ctx, Contact, OBJECT).options(
-        with_expression(Contact.current_wrapped_key, current_subject_key()))
+                  email: str | None = None, phone: str | None = None,
+                  filters: Sequence[search.FieldFilter] = (),
+                  sort: Sequence[search.SortKey] = ()) -> Page[Contact]:
     _check_searchable(ctx, [name for name, value in (("account", account_id), ("owner", owner),
                                                      ("email", email), ("phone", phone))
                             if value is not None])
+    where: list[ColumnElement[bool]] = []
     if account_id is not None:
-        statement = statement.where(
-            Contact.account_id == validation.record_id("filter.accountId", account_id))
+        where.append(Contact.account_id == validation.record_id("filter.accountId", account_id))
     if owner is not None:
-        statement = statement.where(Contact.owner == owner)
+        where.append(Contact.owner == owner)
     if email is not None:
-        statement = statement.where(Contact.email_bidx == ctx.guard.search_index(
+        where.append(Contact.email_bidx == ctx.guard.search_index(
             "email", validation.email("filter.email", email) or ""))
     if phone is not None:
-        statement = statement.where(Contact.phone_bidx == ctx.guard.search_index(
+        where.append(Contact.phone_bidx == ctx.guard.search_index(
             "phone", validation.phone("filter.phone", phone) or ""))
-    result = page(ctx, statement, Contact, first=first, after=after)
-    ctx.guard.preload(result.items)
+    result: Page[Contact] = list_records(ctx, OBJECT, first=first, after=after, where=where,
+                                         filters=filters, sort=sort)
     ctx.accounts.prime(c.account_id for c in result.items)
     return result
 
@@ -96,7 +96,8 @@ def get_contact(ctx: RequestContext, contact_id: str) -> Contact:
     return get_visible(ctx, Contact, OBJECT, contact_id)
 
 
-def create_contact(ctx: RequestContext, data: Mapping[str, Any]) -> Contact:
+def create_contact(ctx: RequestContext, data: Mapping[str, Any], *,
+                   custom: Sequence[CustomValue] = ()) -> Contact:
     values = _clean(data, creating=True)
     require_create(ctx, OBJECT)
     ctx.guard.check_writable(OBJECT, [_policy_field(n) for n, v in values.items()
@@ -105,15 +106,21 @@ def create_contact(ctx: RequestContext, data: Mapping[str, Any]) -> Contact:
     contact = Contact(id=new_id(), owner=ctx.principal.id, team=ctx.principal.team,
                       key_version=None,
                       **{k: v for k, v in values.items() if k not in _SEALED})
-    ctx.guard.seal_fields(OBJECT, contact, {k: v for k, v in values.items() if k in _SEALED})
+    plain_custom, sealed_custom = split_custom(ctx, OBJECT, custom)
+    contact.custom_plain = plain_custom or None
+    ctx.guard.seal_fields(OBJECT, contact, {k: v for k, v in values.items() if k in _SEALED},
+                          sealed_custom)
     ctx.session.add(contact)
     ctx.session.flush()
     ctx.audit("contact.create", object_type=OBJECT, object_ids=[contact.id],
-              fields=[_policy_field(n) for n, v in values.items() if v is not None])
+              fields=[_policy_field(n) for n, v in values.items() if v is not None]
+              + [c.policy_name for c in custom])
+    ctx.emit("created", OBJECT, contact.id)
     return contact
 
 
-def update_contact(ctx: RequestContext, contact_id: str, changes: Mapping[str, Any]) -> Contact:
+def update_contact(ctx: RequestContext, contact_id: str, changes: Mapping[str, Any], *,
+                   custom: Sequence[CustomValue] = ()) -> Contact:
     values = _clean(changes, creating=False)
     contact = get_visible(ctx, Contact, OBJECT, contact_id, WRITE)
     ctx.guard.check_writable(OBJECT, [_policy_field(n) for n in values])
@@ -122,14 +129,31 @@ def update_contact(ctx: RequestContext, contact_id: str, changes: Mapping[str, A
     for name, value in values.items():
         if name not in _SEALED:
             setattr(contact, name, value)
+    plain_custom, sealed_custom = split_custom(ctx, OBJECT, custom)
+    if plain_custom:
+        contact.custom_plain = merge_plain(contact.custom_plain, plain_custom)
     sealed = {k: v for k, v in values.items() if k in _SEALED}
-    if sealed:
-        ctx.guard.seal_fields(OBJECT, contact, sealed)
+    if sealed or sealed_custom:
+        ctx.guard.preload([contact])
+        ctx.guard.seal_fields(OBJECT, contact, sealed, sealed_custom)
     contact.updated_at = utcnow()
     ctx.session.flush()
     ctx.audit("contact.update", object_type=OBJECT, object_ids=[contact.id],
-              fields=[_policy_field(n) for n in values])
+              fields=[_policy_field(n) for n in values] + [c.policy_name for c in custom])
+    ctx.emit("updated", OBJECT, contact.id)
     return contact
+
+
+def merge_plain(current: Mapping[str, Any] | None,
+                changes: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A record's plain custom values after `changes` (a None value clears its key)."""
+    merged = dict(current or {})
+    for key, value in changes.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged or None
 
 
 def delete_contact(ctx: RequestContext, contact_id: str) -> str:
@@ -142,6 +166,7 @@ def delete_contact(ctx: RequestContext, contact_id: str) -> str:
     ctx.session.flush()
     ctx.audit("contact.delete", object_type=OBJECT, object_ids=[contact.id],
               fields=["subject_keys:destroyed"])
+    ctx.emit("deleted", OBJECT, contact.id)
     return contact.id
 
 

@@ -27,7 +27,9 @@ def _find(ctx: RequestContext, rule: Rule) -> PolicyRule | None:
 
 def grant(ctx: RequestContext, rule: Rule) -> int:
     ctx.guard.require(OBJECT, MANAGE)
-    problem = validate_rule(rule)
+    objects = ctx.guard.policy.objects
+    problem = validate_rule(rule, objects[rule.object_type].fields if rule.object_type in objects
+                            else ())
     if problem:
         raise BadUserInput(problem)
     if _find(ctx, rule) is not None:

@@ -67,7 +67,7 @@ step "first start, in a throwaway overlay: credential, PostgreSQL setup, enclave
 # What the first-boot units do, done by hand (no systemd here) on an overlay of the provisioned
 # root file system, which itself stays as the playbook left it. Proves the pieces fit: the
 # credential script, the setup SQL, peer authentication over the socket, the database URL, the
-# passphrase wrapper, migrations and the bootstrap admin.
+# credential read from $CREDENTIALS_DIRECTORY by Enclave itself, migrations and the bootstrap admin.
 OVL=$WORK/overlay
 SERVE_PID=
 smoke_cleanup() {
@@ -116,7 +116,7 @@ smoke() {
       /etc/credstore.encrypted/enclave-key-passphrase "$d/enclave-key-passphrase" && chown -R enclave "$d" \
       && set -a && . /etc/enclave/enclave.env && set +a && cd /var/lib/enclave && umask 077 \
       && exec setpriv --reuid=enclave --regid=enclave --init-groups env CREDENTIALS_DIRECTORY="$d" \
-         ENCLAVE_PORT="${PORT:-8000}" /opt/enclave/libexec/enclave-with-credential "$@"'
+         ENCLAVE_PORT="${PORT:-8000}" /opt/enclave/venv/bin/enclave "$@"'
   "${in[@]}" sh -c "$as_enclave" init init > "$OVL/init-1.out" || fail "enclave init failed"
   grep -q "Bootstrap admin client" "$OVL/init-1.out" || fail "init issued no bootstrap admin"
   "${in[@]}" sh -c "$as_enclave" init init | grep -q "already issued" || fail "a second init re-issued"

@@ -35,7 +35,8 @@ def tasks(role: str) -> list[dict[str, Any]]:
 
 def test_site_runs_every_role_with_the_preflight_first() -> None:
     roles = [entry["role"] for entry in load(SITE)[0]["roles"]]
-    assert roles == ["preflight", "base", "hardening", "postgresql", "enclave", "tls", "backup"]
+    assert roles == ["preflight", "base", "hardening", "postgresql", "enclave", "tls", "backup",
+                     "integrity"]
     assert sorted(roles) == NAMES
 
 

@@ -1,0 +1,42 @@
+"""Production serving: granian, one worker process per core (issue 7).
+
+granian's workers each accept on the shared socket and its Rust acceptor spreads connections
+evenly (plain `uvicorn --workers` was seen handing all 20 connections of a benchmark to one
+worker). Each worker opens its own appliance (keys unsealed from the same passphrase source)
+and its own database pool: `storage.db.make_engine` gives 10 connections + 10 overflow per
+worker, so cores x 20 stays well under PostgreSQL's default max_connections of 100 on the
+supported 2-8 core profiles. `ENCLAVE_WORKERS` overrides the count.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from security.config import Settings
+
+
+def worker_count(settings: Settings) -> int:
+    return settings.workers or os.cpu_count() or 1
+
+
+def build() -> Any:
+    """The application of one worker (granian calls this factory in each worker)."""
+    from api.app import create_app
+    from schema.runtime import Appliance
+    return create_app(Appliance.open(Settings.from_env()))
+
+
+def serve(settings: Settings) -> None:
+    """Serve with `worker_count(settings)` granian workers; the settings reach each worker
+    through the environment it inherits."""
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    os.environ["ENCLAVE_DATA_DIR"] = str(settings.data_dir)
+    if settings.database_url:
+        os.environ["ENCLAVE_DATABASE_URL"] = settings.database_url
+    os.environ["ENCLAVE_HOST"], os.environ["ENCLAVE_PORT"] = settings.host, str(settings.port)
+    Granian("api.serving:build", factory=True, address=settings.host, port=settings.port,
+            interface=Interfaces.ASGI, workers=worker_count(settings),
+            respawn_failed_workers=True, log_access=False).serve()

@@ -1,0 +1,168 @@
+"""The compiled path's SQL for `contacts(first, after, filter)`: one statement per page — the
+page itself (the caller's scope clause, the filter, the id keyset, the limit) as a sub-select,
+then for its rows only each one's current wrapped subject key (a scalar sub-select) and, when
+the document asks for it, the contact's account (a left join) — read as plain rows, without
+ORM identity-map bookkeeping.
+
+It mirrors `schema.ops.contacts.list_contacts` step for step (the same checks in the same order,
+so refusals and their audit entries are the same); the equivalence tests hold the two together.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import ColumnElement, bindparam, false, inspect, or_, select, true
+from sqlalchemy.orm import aliased
+
+from schema.context import RequestContext
+from schema.ops import validation
+from schema.ops.contacts import OBJECT, _check_searchable
+from schema.ops.records import Page, scope_clause
+from security.authz import READ
+from storage.models import Account, Contact, SubjectKey
+
+_ACCOUNT = aliased(Account, name="acc")
+_COLUMNS = {"contact": {p.key for p in inspect(Contact).column_attrs},
+            "account": {p.key for p in inspect(Account).column_attrs}}
+#: What the guard reads besides the fields themselves: ids, key versions, record rules.
+_ALWAYS = ("id", "owner", "team", "key_version")
+_STATEMENTS: dict[Any, Any] = {}
+_LOCK = threading.Lock()
+
+
+def needed(ctx: RequestContext, object_type: str, fields: Iterable[str]) -> tuple[str, ...]:
+    """The columns a plan's fields of `object_type` read (their attributes), and what the guard
+    needs besides; every column when a field is not a plain column (a custom field, say)."""
+    spec = ctx.guard.policy.spec(object_type)
+    attrs = set(_ALWAYS)
+    for name in fields:
+        attr = spec.field(name).attr
+        if attr not in _COLUMNS[object_type]:
+            return tuple(sorted(_COLUMNS[object_type]))
+        attrs.add(attr)
+    if object_type == "contact":
+        attrs.add("account_id")
+    return tuple(sorted(attrs))
+
+
+class Record:
+    """A row as the guard reads it: attributes named as the model's."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+def _statement(contact_columns: tuple[str, ...], account_columns: tuple[str, ...] | None,
+               scope: tuple[bool, bool, bool], filters: tuple[bool, bool, bool, bool],
+               keyset: bool) -> Any:
+    """The page statement for one shape, built once: every value (scope, filter, keyset,
+    limit) is a bind parameter, so SQLAlchemy's compiled form and cache key are reused."""
+    key = (contact_columns, account_columns, scope, filters, keyset)
+    found = _STATEMENTS.get(key)
+    if found is not None:
+        return found
+    everyone, team, own = scope
+    if everyone:
+        clause: ColumnElement[bool] = true()
+    else:
+        conditions = []
+        if team:
+            conditions.append(Contact.team == bindparam("scope_team"))
+        if own:
+            conditions.append(Contact.owner == bindparam("scope_owner"))
+        clause = or_(*conditions) if conditions else false()
+    by_account, by_owner, by_email, by_phone = filters
+    where: list[ColumnElement[bool]] = [clause]
+    if by_account:
+        where.append(Contact.account_id == bindparam("f_account"))
+    if by_owner:
+        where.append(Contact.owner == bindparam("f_owner"))
+    if by_email:
+        where.append(Contact.email_bidx == bindparam("f_email"))
+    if by_phone:
+        where.append(Contact.phone_bidx == bindparam("f_phone"))
+    if keyset:
+        where.append(Contact.id > bindparam("after_id"))
+    statement = select(*(getattr(Contact, key) for key in contact_columns)).where(*where)
+    # The page first (keyset, limit), then the keys and accounts of its rows only: the joins
+    # never see more than first + 1 rows, whatever the planner thinks of the scope clause.
+    paged = statement.order_by(Contact.id).limit(bindparam("size")).subquery("page")
+    wrapped = (select(SubjectKey.wrapped)
+               .where(SubjectKey.subject_id == paged.c.id,
+                      SubjectKey.version == paged.c.key_version)
+               .scalar_subquery().label("current_wrapped_key"))
+    columns: list[Any] = [*paged.c, wrapped]
+    query = select(*columns)
+    if account_columns is not None:
+        query = select(*columns, *(getattr(_ACCOUNT, key).label(f"acc__{key}")
+                                   for key in account_columns)).outerjoin(
+            _ACCOUNT, _ACCOUNT.id == paged.c.account_id)
+    found = query.order_by(paged.c.id)
+    with _LOCK:
+        if len(_STATEMENTS) >= 1024:
+            _STATEMENTS.clear()
+        _STATEMENTS[key] = found
+    return found
+
+
+def contacts_page(ctx: RequestContext, *, first: int | None, after: str | None,
+                  contact_filter: dict[str, Any], contact_columns: tuple[str, ...],
+                  account_columns: tuple[str, ...] | None) -> tuple[Page[Any], dict[str, Any]]:
+    """The page, and the joined accounts by id (None: absent or outside the caller's scope)."""
+    account_id, owner = contact_filter.get("accountId"), contact_filter.get("owner")
+    email, phone = contact_filter.get("email"), contact_filter.get("phone")
+    _check_searchable(ctx, [name for name, value in (("account", account_id), ("owner", owner),
+                                                     ("email", email), ("phone", phone))
+                            if value is not None])
+    params: dict[str, Any] = {}
+    if account_id is not None:
+        params["f_account"] = validation.record_id("filter.accountId", account_id)
+    if owner is not None:
+        params["f_owner"] = owner
+    if email is not None:
+        params["f_email"] = ctx.guard.search_index(
+            "email", validation.email("filter.email", email) or "")
+    if phone is not None:
+        params["f_phone"] = ctx.guard.search_index(
+            "phone", validation.phone("filter.phone", phone) or "")
+    scopes = ctx.guard.scopes(OBJECT, READ)
+    if not scopes:
+        scope_clause(ctx, Contact, OBJECT, READ)  # refuses (audited) and raises
+    everyone = "@all" in scopes
+    team = not everyone and "@team" in scopes and ctx.principal.team is not None
+    own = not everyone and "@own" in scopes
+    if team:
+        params["scope_team"] = ctx.principal.team
+    if own:
+        params["scope_owner"] = ctx.principal.id
+    size = validation.page_size(first)
+    after_id = validation.decode_cursor(after)
+    if after_id is not None:
+        params["after_id"] = after_id
+    params["size"] = size + 1
+    with_account = account_columns is not None
+    query = _statement(contact_columns, account_columns, (everyone, team, own),
+                       (account_id is not None, owner is not None, email is not None,
+                        phone is not None), after_id is not None)
+    rows = ctx.session.connection().execute(query, params).all()
+    items: list[Record] = []
+    accounts: dict[str, Any] = {}
+    count = len(contact_columns) + 1
+    keys = [*contact_columns, "current_wrapped_key"]
+    account_keys = account_columns or ()
+    in_scope = ctx.guard.scope_test("account", READ)
+    for row in rows[:size]:
+        items.append(Record(dict(zip(keys, row[:count], strict=True))))
+        if with_account:
+            values = dict(zip(account_keys, row[count:], strict=True))
+            acc_id = values["id"]
+            if acc_id is not None:
+                account = Record(values)
+                visible = in_scope(account)
+                accounts[acc_id] = account if visible else None
+    page = Page(items, has_next=len(rows) > size, has_previous=after_id is not None)
+    ctx.guard.preload(items)
+    return page, accounts

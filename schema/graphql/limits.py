@@ -1,0 +1,172 @@
+"""Limits for documents sent to the open path: a cost model, and a per-client rate limit.
+
+Cost (checked with the other validation rules, before anything runs): every selected field
+costs 1 for each time it will be resolved. A field taking `first` resolves its selection
+`first` times (its default when not given); the list directly inside it (a connection's
+`edges`) adds nothing more; any other list field counts 10 per element level. Nested lists
+multiply. `__typename` and introspection fields are free. The default limit (5000) is
+graphql-armor's.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from graphql import (
+    FieldNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    ValidationContext,
+    ValidationRule,
+    value_from_ast,
+)
+from graphql.type import GraphQLOutputType
+from strawberry.extensions import SchemaExtension
+
+UNPAGED_LIST = 10
+_MAX_NESTING = 32
+
+
+def _unwrap(type_: GraphQLOutputType) -> tuple[Any, bool]:
+    is_list = False
+    while isinstance(type_, (GraphQLNonNull, GraphQLList)):
+        if isinstance(type_, GraphQLList):
+            is_list = True
+        type_ = type_.of_type
+    return type_, is_list
+
+
+def document_cost(context: ValidationContext, operation: OperationDefinitionNode,
+                  variables: Mapping[str, Any]) -> int:
+    schema = context.schema
+    root = {"query": schema.query_type, "mutation": schema.mutation_type,
+            "subscription": schema.subscription_type}[operation.operation.value]
+
+    def walk(selections: SelectionSetNode, parent: Any, multiplier: int, paged: bool,
+             nesting: int) -> int:
+        if nesting > _MAX_NESTING or not isinstance(parent, GraphQLObjectType):
+            return 0
+        total = 0
+        for selection in selections.selections:
+            if isinstance(selection, FieldNode):
+                name = selection.name.value
+                definition = parent.fields.get(name)
+                if name.startswith("__") or definition is None:
+                    continue
+                total += multiplier
+                if selection.selection_set is None:
+                    continue
+                inner, is_list = _unwrap(definition.type)
+                factor, inner_paged = 1, False
+                if "first" in definition.args:
+                    factor, inner_paged = _first(selection, definition, variables), True
+                elif is_list and not paged:
+                    factor = UNPAGED_LIST
+                total += walk(selection.selection_set, inner, multiplier * max(factor, 1),
+                              inner_paged, nesting + 1)
+            elif isinstance(selection, InlineFragmentNode):
+                target = (schema.get_type(selection.type_condition.name.value)
+                          if selection.type_condition else parent)
+                total += walk(selection.selection_set, target, multiplier, paged, nesting + 1)
+            elif isinstance(selection, FragmentSpreadNode):
+                fragment = context.get_fragment(selection.name.value)
+                if fragment is not None:
+                    target = schema.get_type(fragment.type_condition.name.value)
+                    total += walk(fragment.selection_set, target, multiplier, paged,
+                                  nesting + 1)
+        return total
+
+    return walk(operation.selection_set, root, 1, False, 0)
+
+
+def _first(node: FieldNode, definition: Any, variables: Mapping[str, Any]) -> int:
+    argument = definition.args["first"]
+    for given in node.arguments or ():
+        if given.name.value == "first":
+            try:
+                value = value_from_ast(given.value, argument.type, dict(variables))
+            except (TypeError, ValueError, GraphQLError):
+                value = None
+            break
+    else:
+        value = argument.default_value
+    # Out of GraphQL's Int range or not a number: variable coercion refuses it (BAD_USER_INPUT).
+    return value if isinstance(value, int) and 0 < value < 2**31 else 1
+
+
+class CostLimiter(SchemaExtension):
+    """Refuses, before execution, an operation whose cost is over `max_cost`."""
+
+    def __init__(self, max_cost: int) -> None:
+        self.max_cost = max_cost
+
+    def on_operation(self) -> Iterator[None]:
+        variables = dict(self.execution_context.variables or {})
+        max_cost = self.max_cost
+        operation_name = self.execution_context.operation_name
+
+        class _CostRule(ValidationRule):
+            def enter_operation_definition(self, node: OperationDefinitionNode,
+                                           *_: Any) -> None:
+                if operation_name is not None and (node.name is None
+                                                   or node.name.value != operation_name):
+                    return
+                cost = document_cost(self.context, node, variables)
+                if cost > max_cost:
+                    self.report_error(GraphQLError(
+                        f"the operation costs {cost}, over the limit of {max_cost} (a list "
+                        "field costs its `first` times what it selects; ask for smaller pages "
+                        "or fewer fields)", node, extensions={"code": "QUERY_TOO_COSTLY",
+                                                              "cost": cost,
+                                                              "limit": max_cost}))
+
+        self.execution_context.validation_rules = (
+            self.execution_context.validation_rules + (_CostRule,))
+        yield
+
+
+class RateLimiter:
+    """A token bucket per API client, in this process's memory: `rate` requests/s sustained,
+    `burst` at once. Thread-safe; forgets clients idle long enough to be full again."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+        self._reported: dict[str, float] = {}
+
+    def take(self, client: str, now: float | None = None) -> float:
+        """0.0 if the request may go ahead; otherwise the seconds until it could."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, stamp = self._buckets.get(client, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - stamp) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[client] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[client] = (tokens, now)
+            if len(self._buckets) > 100_000:  # bounded: drop the full (idle) buckets
+                self._buckets = {k: v for k, v in self._buckets.items() if v[0] < self.burst}
+            return (1.0 - tokens) / self.rate
+
+    def should_audit(self, client: str, every: float = 60.0, now: float | None = None) -> bool:
+        """One audit entry per client per minute of refusals, so a flood is not a write flood."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            last = self._reported.get(client)
+            if last is not None and now - last < every:
+                return False
+            self._reported[client] = now
+            return True

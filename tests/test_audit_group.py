@@ -1,0 +1,94 @@
+"""Group commit of read audit entries (security.audit_group): every caller's entries are
+durable when it returns, in one chain that still verifies; a failed batch fails every caller
+in it; compiled reads on PostgreSQL use it and still write one entry per read."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from schema.runtime import Appliance
+from security import audit
+from security.audit import AuditEntry
+from security.audit_group import GroupAppender
+from storage.models import AuditEvent
+
+
+def _entry(i: int) -> AuditEntry:
+    return AuditEntry(actor=f"client:t{i}", roles=("sales_manager",), action="contact.read",
+                      object_type="contact", object_ids=[f"id-{i}"], fields=["email"])
+
+
+def test_concurrent_appends_are_all_durable_and_chained(appliance: Appliance) -> None:
+    group = GroupAppender(appliance.sessions, appliance.append_audit)
+    results: dict[int, list[int]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(12)
+
+    def one(i: int) -> None:
+        start.wait()
+        try:
+            for j in range(5):
+                results[i * 10 + j] = group.append([_entry(i * 10 + j)])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    assert len(results) == 60 and group.entries == 60
+    seqs = sorted(s for found in results.values() for s in found)
+    assert len(set(seqs)) == 60
+    with appliance.sessions() as session:
+        for key, found in results.items():
+            row = session.scalars(select(AuditEvent).where(AuditEvent.seq == found[0])).one()
+            assert row.actor == f"client:t{key}" and row.object_ids == f'["id-{key}"]'
+        assert audit.verify(session, appliance.keyring).ok
+
+
+def test_a_failed_batch_fails_its_callers(appliance: Appliance) -> None:
+    def broken(session: Session, entries: list[AuditEntry]) -> list[int]:
+        raise RuntimeError("the database went away")
+
+    group = GroupAppender(appliance.sessions, broken)
+    with pytest.raises(RuntimeError):
+        group.append([_entry(1)])
+    # The next caller leads again (the failure did not leave the appender stuck).
+    with pytest.raises(RuntimeError):
+        group.append([_entry(2)])
+
+
+def test_compiled_reads_write_one_entry_each(appliance: Appliance, caller: Any,
+                                             backend: str) -> None:
+    from schema.context import unit_of_work
+    from schema.graphql import execution
+    from schema.ops import documents
+    from tests.conftest import operator
+
+    who = caller("sales_manager", team="east")
+    body = "query { contacts(first: 5) { edges { node { id email } } } }"
+    with unit_of_work(appliance, operator("admin")) as ctx:
+        doc_id = documents.add_document(ctx, body, clients=[who.client_id],
+                                        validate=execution.validate_document).id
+    with unit_of_work(appliance, operator("sales_manager", team="east", id="m")) as ctx:
+        from schema.ops import contacts as contact_ops
+        contact_ops.create_contact(ctx, {"last_name": "A", "email": "a@example.org"})
+    before = appliance.audit_group.entries
+    for _ in range(3):
+        answer = who.http.post("/graphql", json={"documentId": doc_id},
+                               headers={"Authorization": f"Bearer {who.token}"}).json()
+        assert "errors" not in answer and answer["data"]["contacts"]["edges"]
+    grouped = appliance.audit_group.entries - before
+    assert grouped == (3 if backend == "postgres" else 0)
+    with appliance.sessions() as session:
+        reads = session.scalars(select(AuditEvent).where(
+            AuditEvent.action == "contact.read", AuditEvent.actor == f"client:{who.client_id}"))
+        assert len(list(reads)) == 3
+        assert audit.verify(session, appliance.keyring).ok
