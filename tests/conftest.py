@@ -8,6 +8,7 @@ cloned from it; all are dropped at the end.
 from __future__ import annotations
 
 import os
+import types
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from schema.context import unit_of_work
 from schema.ops import clients
 from schema.runtime import Appliance, initialise
 from security.config import Settings
+from security import totp
 from security.principal import Principal
 from storage import migrate
 from storage.db import make_engine
@@ -149,3 +151,15 @@ def caller(appliance: Appliance, http: TestClient) -> Any:
         return Caller(http, client_id, secret, issue_token(http, client_id, secret), roles, team)
 
     return make
+
+
+@pytest.fixture
+def steady_totp_clock(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Holds the TOTP clock in the middle of one 30-second step for the test's length.
+
+    Tests that send a code one or two steps off (window, replay) would otherwise change meaning
+    when a step boundary passes mid-test: "one step behind" computed twice on either side of a
+    boundary is two different codes, and the second is no replay."""
+    middle = (totp.current_step() + 0.5) * totp.STEP_SECONDS
+    monkeypatch.setattr(totp, "time", types.SimpleNamespace(time=lambda: middle))
+    return middle

@@ -120,7 +120,8 @@ def test_totp_accepts_one_step_either_side_and_never_the_same_code_twice() -> No
     assert totp.code_at(rfc_secret, 59 // 30) == "287082"
 
 
-def test_totp_over_http_window_and_replay(appliance: Appliance, http: TestClient) -> None:
+def test_totp_over_http_window_and_replay(appliance: Appliance, http: TestClient,
+                                         steady_totp_clock: float) -> None:
     officer = make_person(appliance, "officer@example.com", "security_officer")
     client_id, secret = make_web_client(appliance)
 

@@ -206,7 +206,7 @@ def new_service_client(appliance: Appliance) -> tuple[str, str]:
 
 
 def test_id_tokens_are_ed25519_signed_and_carry_nonce_and_amr(
-        appliance: Appliance, http: TestClient) -> None:
+        appliance: Appliance, http: TestClient, steady_totp_clock: float) -> None:
     officer = make_person(appliance, "officer@example.com", "security_officer")
     client_id, secret = make_web_client(appliance)
     flow = Flow.new(client_id)
