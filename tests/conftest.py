@@ -23,8 +23,8 @@ from api.app import create_app
 from schema.context import unit_of_work
 from schema.ops import clients
 from schema.runtime import Appliance, initialise
-from security.config import Settings
 from security import totp
+from security.config import Settings
 from security.principal import Principal
 from storage import migrate
 from storage.db import make_engine
