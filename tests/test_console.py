@@ -206,7 +206,8 @@ def test_console_thresholds_come_from_the_environment(tmp_path: Path) -> None:
 def test_anomalies_find_bursts_off_hours_reads_and_bulk_exports(appliance: Appliance) -> None:
     contact = seed_contact(appliance, reads=3)
     hour = dt.datetime.now(dt.UTC).hour
-    outside = (hour + 1, 24) if hour < 23 else (0, 23)  # the current hour is off work
+    # Work hours that leave this hour and the next off, so the test may cross an hour boundary.
+    outside = (hour + 2, 24) if hour <= 21 else (0, 22) if hour == 22 else (1, 23)
     appliance.settings = dataclasses.replace(
         appliance.settings, console_burst_reads=2, console_burst_minutes=5,
         console_work_hours=outside, console_bulk_records=5)
