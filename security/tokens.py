@@ -24,6 +24,9 @@ from security.keys import TOKEN_SIGNING, KeyRing
 
 ALGORITHM = "Ed25519"
 _LEEWAY = 30
+#: Tokens verified and remembered per service (signature, issuer, audience, lifetime checked
+#: once); a remembered token is still refused once expired.
+_VERIFIED_MAX = 4096
 
 
 def _kid(version: int) -> str:
@@ -45,6 +48,10 @@ class TokenService:
                                             {"kid": _kid(version), "use": "sig",
                                              "alg": ALGORITHM}))
         self._public = KeySet(public)
+        # A client sends the same token for up to 15 minutes; checking its Ed25519 signature
+        # and claims again on every request costs more than the rest of an HTTP request's
+        # handling. The service is rebuilt when the signing keys change, and this with it.
+        self._verified: dict[str, dict[str, Any]] = {}
 
     def issue(self, *, subject: str, roles: Sequence[str], team: str | None,
               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -60,6 +67,24 @@ class TokenService:
         return {"access_token": token, "token_type": "Bearer", "expires_in": self.lifetime}
 
     def verify(self, token: str) -> dict[str, Any]:
+        claims = self._verified.get(token)
+        if claims is not None:
+            if time.time() > claims["exp"] + _LEEWAY:
+                raise Unauthenticated("access token has expired")
+            return dict(claims)
+        claims = self._verify(token)
+        verified = self._verified
+        if len(verified) >= _VERIFIED_MAX:
+            now = time.time()
+            for known, known_claims in list(verified.items()):
+                if now > known_claims["exp"] + _LEEWAY:
+                    verified.pop(known, None)
+            if len(verified) >= _VERIFIED_MAX:
+                verified.clear()
+        verified[token] = claims
+        return dict(claims)
+
+    def _verify(self, token: str) -> dict[str, Any]:
         try:
             decoded = jwt.decode(token, self._public, algorithms=[ALGORITHM])
         except jose_errors.JoseError as exc:

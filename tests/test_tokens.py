@@ -9,6 +9,7 @@ import hmac
 import json
 import secrets
 import time
+import types
 from typing import Any
 from urllib.parse import urlencode
 
@@ -295,6 +296,28 @@ def test_altered_tokens_are_refused(http: TestClient, good: dict[str, Any]) -> N
     assert_unauthenticated(graphql(http, f"Bearer {head}.{escalated}.{b64url(signature)}"))
     other_team = b64url(json.dumps({**claims, "team": "west"}).encode())
     assert_unauthenticated(graphql(http, f"Bearer {head}.{other_team}.{b64url(signature)}"))
+
+
+def test_a_remembered_token_still_expires_and_its_variants_are_checked_afresh(
+        http: TestClient, appliance: Appliance, good: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verified tokens are remembered (the signature is not checked on every request); being
+    remembered must not stretch a token's life, nor vouch for an altered copy of it."""
+    short = ed25519(good["key"], {**good["claims"], "jti": "short-lived",
+                                  "exp": good["claims"]["iat"] + 60})
+    assert graphql(http, f"Bearer {short}").status_code == 200
+    assert graphql(http, f"Bearer {short}").status_code == 200  # from memory
+    _, claims, signature = parts(short)
+    head, _, _ = short.split(".")
+    escalated = b64url(json.dumps({**claims, "roles": ["admin"]}).encode())
+    assert_unauthenticated(graphql(http, f"Bearer {head}.{escalated}.{b64url(signature)}"))
+    # Two minutes later (past exp and the 30 s leeway) the remembered token is refused.
+    import security.tokens as tokens_module
+    later = time.time() + 120
+    monkeypatch.setattr(tokens_module, "time", types.SimpleNamespace(time=lambda: later))
+    refused = graphql(http, f"Bearer {short}")
+    assert_unauthenticated(refused)
+    assert "expired" in refused.json()["errors"][0]["message"]
 
 
 def test_tokens_signed_by_other_keys_are_refused(http: TestClient, appliance: Appliance,
