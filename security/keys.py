@@ -10,6 +10,7 @@ Purposes:
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -26,6 +27,10 @@ BLIND_INDEX = "blind_index"
 AUDIT_SIGNING = "audit_signing"
 TOKEN_SIGNING = "token_signing"
 PURPOSES = (FIELD, BLIND_INDEX, AUDIT_SIGNING, TOKEN_SIGNING)
+#: How long an opened subject key is kept for reuse, and for how many subjects at most
+#: (per process).
+OPENED_SUBJECT_KEY_SECONDS = 60.0
+OPENED_SUBJECT_KEYS_MAX = 50_000
 
 
 def _data_key_label(purpose: str, version: int) -> bytes:
@@ -65,6 +70,14 @@ class KeyRing:
         self._keys = keys
         self._retired = retired
         self._prepared_field_keys: dict[int, PreparedKey] = {}
+        # Subject keys opened recently, by (subject, version, wrapped key as stored): a page of
+        # 50 records would otherwise unwrap 50 keys on every request. The wrapped key is part of
+        # the lookup, so a key is only ever reused for a row the database still holds (an
+        # erased subject's rows are gone, and no request can name the key again); entries
+        # expire after OPENED_SUBJECT_KEY_SECONDS, so an erasure made by another process leaves
+        # the plain key in this one's memory for at most that long (this process forgets it
+        # at once). A new key ring (keys rotated) starts empty.
+        self._opened: dict[str, dict[tuple[int, bytes], tuple[bytes, float]]] = {}
 
     @classmethod
     def load(cls, session: Session, kek: bytes) -> KeyRing:
@@ -110,6 +123,29 @@ class KeyRing:
     # -- subject keys ---------------------------------------------------------------------
 
     def unwrap_subject_key(self, subject_id: str, version: int, wrapped: bytes) -> bytes:
+        wrapped = bytes(wrapped)
+        now = time.monotonic()
+        known = self._opened.get(subject_id)
+        found = known.get((version, wrapped)) if known is not None else None
+        if found is not None and found[1] > now:
+            return found[0]
+        key = self._unwrap_subject_key(subject_id, version, wrapped)
+        if known is None:
+            if len(self._opened) >= OPENED_SUBJECT_KEYS_MAX:
+                self._opened.clear()
+            known = self._opened.setdefault(subject_id, {})
+        known[(version, wrapped)] = (key, now + OPENED_SUBJECT_KEY_SECONDS)
+        return key
+
+    def forget_subject(self, subject_id: str) -> None:
+        """Drop the opened keys of a subject (its keys are being destroyed)."""
+        self._opened.pop(subject_id, None)
+
+    def holds_opened_key(self, subject_id: str) -> bool:
+        """Whether this process still keeps an opened key of the subject in memory."""
+        return subject_id in self._opened
+
+    def _unwrap_subject_key(self, subject_id: str, version: int, wrapped: bytes) -> bytes:
         prepared = self._prepared_field_keys.get(version)
         if prepared is None:
             field_key = self.key(FIELD, version)
@@ -145,10 +181,10 @@ class KeyRing:
         ))
         return version, key
 
-    @staticmethod
-    def destroy_subject_keys(session: Session, subject_id: str,
+    def destroy_subject_keys(self, session: Session, subject_id: str,
                              *, except_version: int | None = None) -> None:
         """Crypto-shred: without these rows the subject's sealed fields open nowhere."""
+        self.forget_subject(subject_id)
         statement = delete(SubjectKey).where(SubjectKey.subject_id == subject_id)
         if except_version is not None:
             statement = statement.where(SubjectKey.version != except_version)

@@ -457,6 +457,7 @@ def test_deleting_a_contact_shreds_its_sealed_fields(caller: Any, appliance: App
     with appliance.sessions() as session:
         subject = appliance.keyring.load_subject_keys(session, [victim["id"]])
     assert set(subject) == {(victim["id"], version)}
+    assert appliance.keyring.holds_opened_key(victim["id"])  # opened keys are reused a while
     assert open_sealed(lambda v: subject.get((victim["id"], v)), table="contacts",
                        column="email", row_id=victim["id"],
                        blob=copies["email"]) == "shred@example.com"
@@ -468,6 +469,9 @@ def test_deleting_a_contact_shreds_its_sealed_fields(caller: Any, appliance: App
 
     assert db_row(appliance, "SELECT count(*) FROM subject_keys WHERE subject_id = :id",
                   id=victim["id"])[0] == 0
+    # Nor does the process keep the opened key in memory.
+    assert not appliance.keyring.holds_opened_key(victim["id"])
+    assert appliance.keyring.holds_opened_key(bystander["id"])
     assert db_row(appliance, "SELECT count(*) FROM contacts WHERE id = :id",
                   id=victim["id"])[0] == 0
     # The bystander keeps their key and still reads.
