@@ -186,6 +186,37 @@ def test_sysctls() -> None:
         assert values.get(key) == value, key
 
 
+def test_no_other_sysctl_file_contradicts_the_roles_values() -> None:
+    """systemd-sysctl applies the files in name order (procps's 99-protect-links.conf used to win
+    over 60-enclave-hardening.conf), and the SCAP checks read every file: each key has one value."""
+    ours = dict(line.split(" = ") for line in
+                text("/etc/sysctl.d/60-enclave-hardening.conf").splitlines()
+                if " = " in line and not line.startswith("#"))
+    files = [path("/etc/sysctl.conf")] + [f for folder in ("/etc/sysctl.d", "/run/sysctl.d",
+             "/usr/local/lib/sysctl.d", "/usr/lib/sysctl.d") if path(folder).is_dir()
+             for f in sorted(path(folder).glob("*.conf"))]
+    for f in files:
+        if not f.exists():
+            continue
+        for line in f.read_text().splitlines():
+            match = re.match(r"^\s*([\w.]+)\s*=\s*(.*\S)\s*$", line)
+            if match and match[1] in ours:
+                assert match[2] == ours[match[1]], (str(f), line)
+    for diverted in ("/usr/lib/sysctl.d/50-pid-max.conf", "/usr/lib/sysctl.d/99-protect-links.conf"):
+        assert not path(diverted).exists(), diverted
+        assert in_chroot("dpkg-divert", "--truename", diverted).stdout.strip() == \
+            diverted + ".enclave-diverted"
+
+
+def test_needrestart_lists_only_and_aide_hashes_are_sha2() -> None:
+    assert "$nrconf{restart} = 'l';" in text("/etc/needrestart/conf.d/50-enclave.conf")
+    in_chroot("/usr/bin/perl", "-c", "/etc/needrestart/conf.d/50-enclave.conf")
+    assert path("/usr/sbin/needrestart").exists()
+    checksums = [line for line in text("/etc/aide/aide.conf").splitlines()
+                 if line.startswith("Checksums")]
+    assert checksums == ["Checksums = sha256+sha512"], checksums
+
+
 def test_tmp_mount_options() -> None:
     fstab = [line.split() for line in text("/etc/fstab").splitlines()
              if line.strip() and not line.startswith("#")]
