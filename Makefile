@@ -73,7 +73,8 @@ clean:
 
 # As root: the image's root file system (as make image builds it) scanned in a throwaway overlay
 # with OpenSCAP (ssg-debian 0.1.76, ANSSI-BP-028 minimal/intermediary/enhanced/high) and Lynis;
-# reports in reports/hardening. HARDENING_SCAN_VM=1 also scans the booted image (slow under TCG).
+# reports in reports/hardening. HARDENING_SCAN_VM=1 also scans the booted image (slow under TCG;
+# HARDENING_SCAN_VM_PROFILES="enhanced" to scan only some profiles there, Lynis runs first).
 # See docs/hardening.md.
 .PHONY: hardening-scan
 hardening-scan: dist

@@ -17,7 +17,12 @@
 #
 #   HARDENING_SCAN_VM=1        also boot a copy of the image with the scanners under QEMU/OVMF (TCG)
 #                              and scan the running system
-#   HARDENING_SCAN_VM_TIMEOUT=S  seconds to wait for the VM's scans (default 2400; raise it under TCG)
+#   HARDENING_SCAN_VM_TIMEOUT=S  seconds to wait for the VM's scans (default 2400; raise it under TCG);
+#                              at the limit the results finished so far are fetched and summarised,
+#                              and the scan fails
+#   HARDENING_SCAN_VM_PROFILES="P ..."  the OpenSCAP profiles scanned in the VM, by short name
+#                              (default "minimal intermediary enhanced high"); e.g. "enhanced"
+#   HARDENING_SCAN_VM_LYNIS=0  no Lynis in the VM (default 1: Lynis runs first, before the profiles)
 #   HARDENING_SCAN_CHROOT=0    skip the chroot scan
 #   HARDENING_SCAN_BUILD=0     scan the root file system left by the previous build
 #   HARDENING_MIN="P=S ..."    fail when a chroot score falls below its floor (profiles by their
@@ -40,7 +45,12 @@ SSG_VERSION=0.1.76-1
 SSG_DEB=ssg-debian_${SSG_VERSION}_all.deb
 SSG_SHA256=f6880719015c16e8e221bc2503c0e5a9f83d6a09fc6f9292d3522e46bf4fc9d7
 DS=$WORK/ssg/usr/share/xml/scap/ssg/content/ssg-debian12-ds.xml
-PROFILES=(anssi_bp28_minimal anssi_bp28_intermediary anssi_bp28_enhanced anssi_bp28_high)
+PROFILES=(minimal intermediary enhanced high)
+VM_PROFILES=${HARDENING_SCAN_VM_PROFILES:-${PROFILES[*]}}
+for p in $VM_PROFILES; do
+  [[ " ${PROFILES[*]} " == *" $p "* ]] || fail "HARDENING_SCAN_VM_PROFILES: unknown profile $p (${PROFILES[*]})"
+done
+VM_LYNIS=${HARDENING_SCAN_VM_LYNIS:-1}
 # The packages the scans add to the overlay (and to the VM's copy), not to the image.
 SCANNERS=(openscap-scanner lynis)
 
@@ -140,9 +150,13 @@ overlay_up() {
 # does at boot); only net.* keys, which belong to that namespace: the build host is not touched.
 cat > "$WORK/scan-inside.sh" <<'SCAN'
 #!/bin/sh
-# $1 = chroot or vm; results into /var/tmp/scan
+# $1 = chroot or vm; $2 = the ANSSI-BP-028 profiles by short name; $3 = 1 to run Lynis (first: it is
+# the quicker one, so that a time limit during the profiles still leaves its result). Results into
+# /var/tmp/scan; each result is complete once its .done file exists.
 set -u
 cd /var/tmp/scan
+profiles=${2:-minimal intermediary enhanced high}
+lynis=${3:-1}
 if [ "$1" = chroot ]; then
   hostname "$(cat /etc/hostname)"
   ip link set lo up 2>/dev/null || true
@@ -151,14 +165,24 @@ if [ "$1" = chroot ]; then
   # sshd as the booted system runs it (host keys made for this overlay only), so Lynis tests it.
   mkdir -p /run/sshd && ssh-keygen -A >/dev/null && /usr/sbin/sshd
 fi
-for p in anssi_bp28_minimal anssi_bp28_intermediary anssi_bp28_enhanced anssi_bp28_high; do
+if [ "$lynis" = 1 ]; then
+  echo "lynis: start $(date -u +%T)"
+  lynis audit system --no-colors --quick --report-file /var/tmp/scan/lynis-report.dat \
+    --log-file /var/tmp/scan/lynis.log > /var/tmp/scan/lynis.out 2>&1
+  echo "lynis: exit $? $(date -u +%T)"
+  touch lynis.done
+  chmod -R a+rX /var/tmp/scan
+fi
+for short in $profiles; do
+  p=anssi_bp28_$short
+  echo "oscap $p: start $(date -u +%T)"
   oscap xccdf eval --profile "xccdf_org.ssgproject.content_profile_$p" \
-    --results "oscap-$p.xml" --report "oscap-$p.html" ssg-debian12-ds.xml > "oscap-$p.log" 2>&1
-  echo "oscap $p: exit $? (2 = some rules failed)"
+    --results "oscap-$p.xml.part" --report "oscap-$p.html" ssg-debian12-ds.xml > "oscap-$p.log" 2>&1
+  echo "oscap $p: exit $? (2 = some rules failed) $(date -u +%T)"
+  mv "oscap-$p.xml.part" "oscap-$p.xml" 2>/dev/null
+  touch "oscap-$p.done"
+  chmod -R a+rX /var/tmp/scan
 done
-lynis audit system --no-colors --quick --report-file /var/tmp/scan/lynis-report.dat \
-  --log-file /var/tmp/scan/lynis.log > /var/tmp/scan/lynis.out 2>&1
-echo "lynis: exit $?"
 chmod -R a+rX /var/tmp/scan
 SCAN
 chmod 0755 "$WORK/scan-inside.sh"
@@ -227,7 +251,7 @@ if [ "${HARDENING_SCAN_CHROOT:-1}" = 1 ]; then
     cp "$WORK/scan-inside.sh" "$MERGED/var/tmp/scan/scan-inside.sh"
     unshare --pid --fork --mount --mount-proc="$MERGED/proc" --net --uts --ipc \
       chroot "$MERGED" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 TERM=dumb \
-      /var/tmp/scan/scan-inside.sh chroot
+      /var/tmp/scan/scan-inside.sh chroot "${PROFILES[*]}" 1
     rm -rf "$REPORTS/chroot"
     mkdir -p "$REPORTS/chroot"
     cp "$MERGED"/var/tmp/scan/{oscap-*,lynis-*,lynis.*} "$REPORTS/chroot/"
@@ -245,13 +269,13 @@ if [ "${HARDENING_SCAN_VM:-0}" = 1 ]; then
     cp "$WORK/scan-inside.sh" "$MERGED/var/tmp/scan/scan-inside.sh"
     # Started by a timer two minutes after boot, outside the boot transaction (the first-boot
     # units are done by then, and is-system-running is not held at "starting" by the scans).
-    cat > "$MERGED/etc/systemd/system/hardening-scan.service" <<'UNIT'
+    cat > "$MERGED/etc/systemd/system/hardening-scan.service" <<UNIT
 [Unit]
 Description=Hardening scan (scan copy of the image only)
 [Service]
 Type=oneshot
 # /var/tmp is mounted noexec on the appliance: run the script through the shell.
-ExecStart=/bin/sh /var/tmp/scan/scan-inside.sh vm
+ExecStart=/bin/sh /var/tmp/scan/scan-inside.sh vm "$VM_PROFILES" $VM_LYNIS
 ExecStartPost=/usr/bin/touch /var/tmp/scan/done
 UNIT
     cat > "$MERGED/etc/systemd/system/hardening-scan.timer" <<'UNIT'
@@ -290,16 +314,42 @@ UNIT
       kill -0 "$QEMU_PID" 2>/dev/null || { tail -n 40 "$WORK/console.log"; fail "QEMU exited"; }
       sleep 5
     done
+    echo "$port" > "$WORK/vm-ssh-port"
+    # The results so far, fetched whenever another one has finished (checked every minute; a full
+    # copy each time would slow the emulated scans): what finished is kept if the time limit comes first.
+    fetch_vm() {
+      rm -rf "$REPORTS/vm.new" && mkdir -p "$REPORTS/vm.new"
+      timeout 120 "${ssh[@]}" 'cd /var/tmp/scan && tar -cf - oscap-*.xml oscap-*.html oscap-*.log oscap-*.done lynis-* lynis.* 2>/dev/null' \
+        | tar -C "$REPORTS/vm.new" -xf - 2>/dev/null || true
+      timeout 30 "${ssh[@]}" 'systemctl status --no-pager --lines=20 hardening-scan.service' \
+        > "$REPORTS/vm.new/hardening-scan.status" 2>&1 || true
+      rm -rf "$REPORTS/vm" && mv "$REPORTS/vm.new" "$REPORTS/vm"
+      (cd "$REPORTS/vm" && ls -- *.done 2>/dev/null | tr '\n' ' ') || true
+    }
+    local finished=1 seen="" now
     until timeout 30 "${ssh[@]}" test -e /var/tmp/scan/done >/dev/null 2>&1; do
-      [ "$(date +%s)" -lt "$deadline" ] || fail "the scans did not finish in time"
-      sleep 20
+      if [ "$(date +%s)" -ge "$deadline" ]; then finished=0; break; fi
+      kill -0 "$QEMU_PID" 2>/dev/null || { tail -n 40 "$WORK/console.log"; fail "QEMU exited"; }
+      now=$(timeout 30 "${ssh[@]}" 'cd /var/tmp/scan && ls -- *.done 2>/dev/null | tr "\n" " "' 2>/dev/null || true)
+      if [ -n "$now" ] && [ "$now" != "$seen" ]; then
+        echo "hardening-scan: VM, $(( $(date +%s) - START )) s: finished: $(fetch_vm)"
+        seen=$now
+      fi
+      sleep 60
     done
-    rm -rf "$REPORTS/vm"
-    mkdir -p "$REPORTS/vm"
-    timeout 120 "${ssh[@]}" 'cd /var/tmp/scan && tar -cf - oscap-* lynis-* lynis.*' | tar -C "$REPORTS/vm" -xf -
+    fetch_vm > /dev/null
     cleanup
+    [ "$finished" = 1 ] || VM_PARTIAL=1
   }
+  VM_PARTIAL=0
   timed vm_scan scan_vm
+  if [ "$VM_PARTIAL" = 1 ]; then
+    # Only the results whose .done marker arrived are complete.
+    for f in "$REPORTS"/vm/oscap-*.xml; do [ -e "${f%.xml}.done" ] || rm -f "$f"; done
+    [ -e "$REPORTS/vm/lynis.done" ] || rm -f "$REPORTS/vm/lynis-report.dat"
+    summarise "$REPORTS/vm" "booted image (QEMU/OVMF, TCG), $(date -u +%F), PARTIAL (time limit)" || true
+    fail "the scans in the VM did not finish within HARDENING_SCAN_VM_TIMEOUT; finished results are in $REPORTS/vm"
+  fi
   summarise "$REPORTS/vm" "booted image (QEMU/OVMF, TCG), $(date -u +%F)"
 fi
 
