@@ -112,6 +112,7 @@ def ensure_head(session: Session) -> None:
 
 _HEAD_FOR_UPDATE = (select(AuditHead.seq, AuditHead.hash, AuditHead.checkpoint_due)
                     .where(AuditHead.id == 1).with_for_update())
+_MOVE_HEAD = update(AuditHead).where(AuditHead.id == 1)
 
 
 _APPEND_MAX = 16
@@ -158,7 +159,6 @@ def append(session: Session, entries: Iterable[AuditEntry], *, keyring: KeyRing,
         values["hash"] = prev_hash = entry_hash(SimpleNamespace(**values))
         rows.append(values)
     head: dict[str, Any] = {"seq": seq, "hash": prev_hash}
-    move_head = update(AuditHead).where(AuditHead.id == 1)
     if seq < due and len(rows) <= _APPEND_MAX and session.get_bind().dialect.name == "postgresql":
         # The entries and the new head in one statement (one round trip, same transaction,
         # same rows); the checkpoint path below reads the entries back, so it keeps two.
@@ -172,7 +172,7 @@ def append(session: Session, entries: Iterable[AuditEntry], *, keyring: KeyRing,
     if seq >= due:
         head["checkpoint_due"] = _sign_checkpoint(session, keyring, seq,
                                                   checkpoint_every).next_due
-    session.execute(move_head.values(**head))
+    session.execute(_MOVE_HEAD.values(**head))
     return [int(row["seq"]) for row in rows]
 
 
