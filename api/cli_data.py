@@ -234,9 +234,21 @@ def webhooks_deliveries(webhook_id: str, as_json: Json = False) -> None:
 
 
 @webhooks_app.command("deliver")
-def webhooks_deliver() -> None:
-    """Send every due delivery once (run it from a timer, or let the server do it)."""
-    from api.webhook_delivery import deliver_due
-    run = deliver_due(_cli()._open())
-    _cli().out.print(f"delivered {run.delivered}, retrying {run.retrying}, failed {run.failed}",
-                     highlight=False)
+def webhooks_deliver(
+    every: Annotated[float | None, typer.Option(
+        "--every", min=1.0, help="Keep running: send what is due, then again every SECONDS "
+        "(until stopped with SIGTERM or Ctrl-C). Without it: send once and exit.",
+        show_default=False)] = None,
+) -> None:
+    """Send every due delivery (once, or every SECONDS as a long-running service)."""
+    from api.webhook_delivery import deliver_due, deliver_every
+    appliance = _cli()._open()
+    if every is None:
+        run = deliver_due(appliance)
+        _cli().out.print(f"delivered {run.delivered}, retrying {run.retrying}, "
+                         f"failed {run.failed}", highlight=False)
+        return
+    _cli().out.print(f"delivering webhooks every {every:g} s", highlight=False)
+    totals = deliver_every(appliance, every)
+    _cli().out.print(f"stopped: delivered {totals.delivered}, retrying {totals.retrying}, "
+                     f"failed {totals.failed}", highlight=False)

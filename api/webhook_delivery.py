@@ -20,6 +20,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import logging
+import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -34,6 +37,8 @@ from security.fieldcrypt import FieldDecryptionError
 from security.principal import Principal
 from storage.crm_models import Webhook, WebhookDelivery
 from storage.models import utcnow
+
+log = logging.getLogger("enclave.webhooks")
 
 MAX_ATTEMPTS = 8
 BASE_DELAY = dt.timedelta(seconds=30)
@@ -183,3 +188,29 @@ def deliver_due(appliance: Any, *, now: dt.datetime | None = None, limit: int = 
         code, error = _post(item.url, headers, item.body.encode(), timeout)
         counts[_record(appliance, item, code, error, now or utcnow())] += 1
     return DeliveryRun(**counts)
+
+
+def deliver_every(appliance: Any, seconds: float, *, stop: threading.Event | None = None,
+                  limit: int = 100) -> DeliveryRun:
+    """Deliver what is due every `seconds` until `stop` is set (by SIGTERM or SIGINT when it
+    is not given); returns the totals. A pass that fails (the database restarting, say) is
+    logged and the next one tried, so a passing outage does not end the service; a full pass
+    (`limit` deliveries) is followed at once by another, so a backlog drains."""
+    if stop is None:
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+    totals = {"delivered": 0, "retrying": 0, "failed": 0}
+    while not stop.is_set():
+        try:
+            run = deliver_due(appliance, limit=limit)
+        except Exception:  # noqa: BLE001 - logged; the next pass tries again
+            log.exception("webhook delivery pass failed; trying again in %g s", seconds)
+            stop.wait(seconds)
+            continue
+        totals["delivered"] += run.delivered
+        totals["retrying"] += run.retrying
+        totals["failed"] += run.failed
+        if run.attempted < limit:
+            stop.wait(seconds)
+    return DeliveryRun(**totals)

@@ -162,14 +162,18 @@ def test_export_as_support_agent_holds_only_name_email_phone_columns(
     assert _codes(caller("integration").gql(EXPORT, {"o": "contact"})) == ["FORBIDDEN"]
 
 
-def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENCLAVE_")}
     env.update({"ENCLAVE_DATA_DIR": str(settings.data_dir), "ENCLAVE_DEV_MODE": "1",
                 "NO_COLOR": "1", "COLUMNS": "200"})
     if settings.database_url:
         env["ENCLAVE_DATABASE_URL"] = settings.database_url
-    return subprocess.run([str(ENCLAVE), *args], env=env, capture_output=True, text=True,
-                          timeout=120, check=False, cwd=settings.data_dir.parent)
+    return env
+
+
+def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(ENCLAVE), *args], env=_cli_env(settings), capture_output=True,
+                          text=True, timeout=120, check=False, cwd=settings.data_dir.parent)
 
 
 def test_cli_import_and_export(appliance: Appliance, settings: Settings,

@@ -11,7 +11,10 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import signal
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -318,3 +321,58 @@ def test_cli_registers_lists_and_delivers(appliance: Appliance, settings: Any,
     listed = _cli(settings, "webhooks", "deliveries", webhook["id"], "--json")
     assert [d["status"] for d in json.loads(listed.stdout)] == ["delivered"]
     assert webhook["secret"] not in _cli(settings, "webhooks", "list").stdout
+
+
+def _wait_for(condition: Any, seconds: float = 30.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_delivering_every_n_seconds_sends_what_arrives_later_and_stops_on_request(
+        appliance: Appliance, receiver: Receiver) -> None:
+    client, _ = new_client(appliance, "sales_manager", team=TEAM)
+    _register(appliance, client, receiver.url, ["contact.created"])
+    stop = threading.Event()
+    result: list[webhook_delivery.DeliveryRun] = []
+    worker = threading.Thread(
+        target=lambda: result.append(webhook_delivery.deliver_every(appliance, 0.2, stop=stop)))
+    worker.start()
+    try:
+        # Changes made while the loop runs are delivered by its later passes.
+        _create_contact(appliance)
+        assert _wait_for(lambda: len(receiver.received) == 1)
+        _create_contact(appliance)
+        assert _wait_for(lambda: len(receiver.received) == 2)
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert result[0].delivered == 2 and result[0].failed == 0
+
+
+def test_cli_deliver_every_runs_until_sigterm(appliance: Appliance, settings: Any,
+                                             receiver: Receiver) -> None:
+    from test_data_transfer import ENCLAVE, _cli_env
+    client, _ = new_client(appliance, "sales_manager", team=TEAM)
+    _, secret = _register(appliance, client, receiver.url, ["contact.created"])
+    service = subprocess.Popen([str(ENCLAVE), "webhooks", "deliver", "--every", "1"],
+                               env=_cli_env(settings), cwd=settings.data_dir.parent,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _create_contact(appliance)
+        assert _wait_for(lambda: len(receiver.received) == 1, 60)
+    finally:
+        service.send_signal(signal.SIGTERM)
+        out, err = service.communicate(timeout=60)
+    assert service.returncode == 0, err
+    assert "stopped: delivered 1, retrying 0, failed 0" in out, out
+    headers, body = receiver.received[0]
+    assert _verify(secret, headers, body)
+    # Refused clearly: an interval under a second.
+    refused = subprocess.run([str(ENCLAVE), "webhooks", "deliver", "--every", "0"],
+                             env=_cli_env(settings), capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
