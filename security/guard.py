@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -229,7 +230,7 @@ class Guard:
         loaded = self._loaded_subjects
         key_for = self._aead
 
-        def read(record: Any) -> list[Any]:
+        def careful(record: Any) -> list[Any]:
             out: list[Any] = []
             append = out.append
             reads = None
@@ -257,6 +258,45 @@ class Guard:
                 if mask is not None and value is not None:
                     value = mask_value(mask, str(value))
                 append(value)
+            return out
+
+        # The common row, in fewer steps: every attribute in one call, then the sealed ones
+        # opened and the masked ones masked in place. Anything unusual (a value that does not
+        # open, a missing attribute) sends the row through `careful`, which reads it again
+        # field by field; reading and noting are idempotent, so the outcome is the same.
+        attributes = [step[0] for step in steps]
+        get_all = (operator.attrgetter(*attributes) if len(attributes) > 1
+                   else (lambda record: (getattr(record, attributes[0]),)) if attributes
+                   else (lambda record: ()))
+        sealed_at = [(index, step[1]) for index, step in enumerate(steps) if step[1] is not None]
+        masked_at = [(index, step[4]) for index, step in enumerate(steps) if step[4] is not None]
+        labels = [step[3] for step in steps if step[3] is not None]
+
+        def read(record: Any) -> list[Any]:
+            try:
+                out = list(get_all(record))
+                if sealed_at:
+                    record_id = record.id
+                    for index, where in sealed_at:
+                        sealed = out[index]
+                        if sealed is not None:
+                            if record_id not in loaded:
+                                self.preload([record])
+                            out[index] = open_at(key_for, where, record_id, sealed.ciphertext)
+            except Exception:  # noqa: BLE001 - read again, field by field
+                return careful(record)
+            if labels:
+                reads = all_reads.get(object_type)
+                if reads is None:
+                    reads = all_reads[object_type] = _Reads()
+                reads.ids[record.id] = None
+                noted = reads.fields
+                for label in labels:
+                    noted[label] = None
+            for index, mask in masked_at:
+                value = out[index]
+                if value is not None:
+                    out[index] = mask_value(mask, str(value))
             return out
         return read
 

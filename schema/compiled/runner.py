@@ -36,6 +36,22 @@ def _string(value: Any) -> Any:
 _FIELD, _DATETIME, _ACCOUNT, _ID, _TYPENAME = range(5)
 
 
+_PLAIN = frozenset({str, type(None)})
+
+
+def _common_shape(part: list[tuple[int, str, Leaf, Any]]) -> Any:
+    """(id key or None, keys of the plain fields, (key, leaf, builder) of a trailing nested
+    account or None) when the part is [id,] fields [, account]; None for any other part."""
+    codes = [code for code, _, _, _ in part]
+    start = 1 if codes[:1] == [_ID] else 0
+    end = len(codes) - 1 if codes[-1:] == [_ACCOUNT] else len(codes)
+    if any(code != _FIELD for code in codes[start:end]):
+        return None
+    id_key = part[0][1] if start else None
+    account = (part[-1][1], part[-1][2], part[-1][3]) if end < len(codes) else None
+    return id_key, [key for _, key, _, _ in part[start:end]], account
+
+
 class _Run:
     def __init__(self, ctx: RequestContext) -> None:
         self.ctx = ctx
@@ -77,11 +93,30 @@ class _Run:
                 close()
         close()
         fail = self.fail
+        shapes = [_common_shape(part) for _, part in parts]
 
         def build(row: Any, path: list[str | int]) -> dict[str, Any]:
             out: dict[str, Any] = {}
-            for reader, part in parts:
-                values = iter(reader(row)) if reader is not None else iter(())
+            for (reader, part), shape in zip(parts, shapes, strict=True):
+                if shape is not None and reader is not None:
+                    read = reader(row)
+                    # The usual part: [id,] plain fields that came back as text or null
+                    # [, the nested account]: written in one step, in document order.
+                    if _PLAIN.issuperset(map(type, read)):
+                        id_key, field_keys, account = shape
+                        if id_key is not None:
+                            record_id = row.id
+                            out[id_key] = (record_id if type(record_id) is str
+                                           else GraphQLID.serialize(record_id))
+                        # (`read` ends with the account's id when there is one)
+                        out.update(zip(field_keys, read, strict=False))
+                        if account is not None:
+                            key, leaf, extra = account
+                            out[key] = self.account(row, read[-1], leaf, extra, [*path, key])
+                        continue
+                    values = iter(read)
+                else:
+                    values = iter(reader(row)) if reader is not None else iter(())
                 for code, key, leaf, extra in part:
                     if code == _ID:
                         record_id = row.id
