@@ -162,8 +162,9 @@ class Guard:
             if wrapped is None:
                 ids.append(record.id)
                 continue
-            self._subject_keys[(record.id, record.key_version)] = \
-                self.keyring.unwrap_subject_key(record.id, record.key_version, wrapped)
+            subject = (record.id, record.key_version)
+            self._subject_keys[subject], self._aeads[subject] = \
+                self.keyring.open_subject_key(record.id, record.key_version, wrapped)
             self._loaded_subjects.add(record.id)
         if ids:
             self._subject_keys.update(self.keyring.load_subject_keys(self.session, ids))

@@ -77,7 +77,7 @@ class KeyRing:
         # expire after OPENED_SUBJECT_KEY_SECONDS, so an erasure made by another process leaves
         # the plain key in this one's memory for at most that long (this process forgets it
         # at once). A new key ring (keys rotated) starts empty.
-        self._opened: dict[str, dict[tuple[int, bytes], tuple[bytes, float]]] = {}
+        self._opened: dict[str, dict[tuple[int, bytes], tuple[bytes, PreparedKey, float]]] = {}
 
     @classmethod
     def load(cls, session: Session, kek: bytes) -> KeyRing:
@@ -123,19 +123,25 @@ class KeyRing:
     # -- subject keys ---------------------------------------------------------------------
 
     def unwrap_subject_key(self, subject_id: str, version: int, wrapped: bytes) -> bytes:
+        return self.open_subject_key(subject_id, version, wrapped)[0]
+
+    def open_subject_key(self, subject_id: str, version: int,
+                         wrapped: bytes) -> tuple[bytes, PreparedKey]:
+        """The subject's key, and the same prepared for AES-GCM (both reused a while)."""
         wrapped = bytes(wrapped)
         now = time.monotonic()
         known = self._opened.get(subject_id)
         found = known.get((version, wrapped)) if known is not None else None
-        if found is not None and found[1] > now:
-            return found[0]
+        if found is not None and found[2] > now:
+            return found[0], found[1]
         key = self._unwrap_subject_key(subject_id, version, wrapped)
+        prepared = prepare_key(key)
         if known is None:
             if len(self._opened) >= OPENED_SUBJECT_KEYS_MAX:
                 self._opened.clear()
             known = self._opened.setdefault(subject_id, {})
-        known[(version, wrapped)] = (key, now + OPENED_SUBJECT_KEY_SECONDS)
-        return key
+        known[(version, wrapped)] = (key, prepared, now + OPENED_SUBJECT_KEY_SECONDS)
+        return key, prepared
 
     def forget_subject(self, subject_id: str) -> None:
         """Drop the opened keys of a subject (its keys are being destroyed)."""
