@@ -131,6 +131,8 @@ check "nftables ruleset loaded" sh -c "$(printf '%q ' "${SSH[@]}") systemctl is-
 for unit in enclave-ssh-hostkeys enclave-credential enclave-tls-selfsigned enclave-init enclave nginx postgresql ssh; do
   check "$unit.service ran" sh -c "$(printf '%q ' "${SSH[@]}") systemctl show -p Result --value $unit.service | grep -qx success"
 done
+check "webhook deliverer running" sh -c "$(printf '%q ' "${SSH[@]}") systemctl is-active enclave-webhooks.service | grep -qx active"
+check "retention timer armed" sh -c "$(printf '%q ' "${SSH[@]}") systemctl is-active enclave-retention.timer | grep -qx active"
 check "machine id made at first boot" sh -c "$(printf '%q ' "${SSH[@]}") cat /etc/machine-id | grep -qE '^[0-9a-f]{32}$'"
 check "boots through UEFI" sh -c "$(printf '%q ' "${SSH[@]}") test -d /sys/firmware/efi"
 in_vm systemd-analyze 2>/dev/null | head -n 1 || true
