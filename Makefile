@@ -41,9 +41,13 @@ bench-pipeline: $(TEST_STAMP)
 
 # The trusted compiled path vs the ordinary path vs PostGraphile 5 (installed from npm into
 # bench/.postgraphile), 20,000 contacts in PostgreSQL; BENCH_ARGS="--contacts 100000" for more.
-.PHONY: bench-trusted
+.PHONY: bench-trusted bench-opcodes
 bench-trusted: $(TEST_STAMP)
 	$(BIN)/python bench/trusted_path.py $(BENCH_ARGS)
+
+# Load-independent: Python opcodes per trusted read (compare two versions of the code).
+bench-opcodes: $(TEST_STAMP)
+	$(BIN)/python bench/trusted_opcodes.py $(BENCH_ARGS)
 
 # The wheelhouse the appliance installs from, offline: Enclave's wheel and every dependency's, for
 # the Python of the machine that runs this (Debian 12's 3.11 on x86-64 for the appliance).
