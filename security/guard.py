@@ -163,11 +163,17 @@ class Guard:
                 ids.append(record.id)
                 continue
             subject = (record.id, record.key_version)
-            self._subject_keys[subject], self._aeads[subject] = \
-                self.keyring.open_subject_key(record.id, record.key_version, wrapped)
+            try:
+                self._subject_keys[subject], self._aeads[subject] = \
+                    self.keyring.open_subject_key(record.id, record.key_version, wrapped)
+            except FieldDecryptionError:
+                # A wrapped key that does not open here (moved from another subject, or
+                # altered) is no key: each sealed field then fails as DATA_INTEGRITY.
+                pass
             self._loaded_subjects.add(record.id)
         if ids:
-            self._subject_keys.update(self.keyring.load_subject_keys(self.session, ids))
+            self._subject_keys.update(self.keyring.load_subject_keys(self.session, ids,
+                                                                     skip_unopened=True))
             self._loaded_subjects.update(ids)
 
     def reveal(self, object_type: str, record: Any, field_name: str) -> Any:

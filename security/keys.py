@@ -19,7 +19,14 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from security.errors import ConfigurationError
-from security.fieldcrypt import PreparedKey, new_key, prepare_key, unwrap_key, wrap_key
+from security.fieldcrypt import (
+    FieldDecryptionError,
+    PreparedKey,
+    new_key,
+    prepare_key,
+    unwrap_key,
+    wrap_key,
+)
 from storage.models import DataKey, SubjectKey
 
 FIELD = "field"
@@ -160,8 +167,11 @@ class KeyRing:
             prepared = self._prepared_field_keys[version] = prepare_key(field_key)
         return unwrap_key(prepared, wrapped, label=_subject_key_label(subject_id, version))
 
-    def load_subject_keys(self, session: Session,
-                          subject_ids: Iterable[str]) -> dict[tuple[str, int], bytes]:
+    def load_subject_keys(self, session: Session, subject_ids: Iterable[str], *,
+                          skip_unopened: bool = False) -> dict[tuple[str, int], bytes]:
+        """The subjects' keys by (subject, version). A wrapped key that does not open (moved
+        from another subject, altered) raises `FieldDecryptionError`, or with `skip_unopened`
+        is left out, so that what it sealed fails to open field by field."""
         ids = list(set(subject_ids))
         found: dict[tuple[str, int], bytes] = {}
         for start in range(0, len(ids), 500):
@@ -170,7 +180,12 @@ class KeyRing:
                 .where(SubjectKey.subject_id.in_(ids[start:start + 500]))
             )
             for subject_id, version, wrapped in rows:
-                found[(subject_id, version)] = self.unwrap_subject_key(subject_id, version, wrapped)
+                try:
+                    found[(subject_id, version)] = self.unwrap_subject_key(
+                        subject_id, version, wrapped)
+                except FieldDecryptionError:
+                    if not skip_unopened:
+                        raise
         return found
 
     def create_subject_key(self, session: Session, subject_id: str) -> tuple[int, bytes]:

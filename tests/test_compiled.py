@@ -222,3 +222,24 @@ def test_a_moved_ciphertext_fails_the_same(appliance: Appliance, world: dict[str
         a, b = _both(appliance, who, body, world["docs"][body], {"first": 10})
         assert a == b, (body, a, b)
         assert b"DATA_INTEGRITY" in a
+
+
+def test_a_moved_subject_key_fails_the_same(appliance: Appliance, world: dict[str, Any]) -> None:
+    """A subject's wrapped key copied onto another subject does not open there on either path
+    (nor from the keys kept opened for reuse): DATA_INTEGRITY at the same paths, same entries."""
+    from sqlalchemy import text
+    first, second = world["ids"]["contact"][:2]
+    for body in DOCUMENTS[:1]:  # both subjects' keys opened (and kept) first
+        who = world["callers"]["sales_manager"]
+        a, b = _both(appliance, who, body, world["docs"][body], {})
+        assert a == b and b"DATA_INTEGRITY" not in a
+    with appliance.engine.begin() as connection:
+        wrapped = connection.execute(text("SELECT wrapped FROM subject_keys WHERE subject_id = :id"),
+                                     {"id": first}).scalar_one()
+        connection.execute(text("UPDATE subject_keys SET wrapped = :blob WHERE subject_id = :id"),
+                           {"blob": wrapped, "id": second})
+    for body in DOCUMENTS[:3]:
+        who = world["callers"]["sales_manager"]
+        a, b = _both(appliance, who, body, world["docs"][body], {"first": 10})
+        assert a == b, (body, a, b)
+        assert b"DATA_INTEGRITY" in a and b"INTERNAL" not in a

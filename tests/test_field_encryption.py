@@ -266,6 +266,35 @@ def test_an_update_does_not_launder_a_moved_ciphertext(caller: Any, appliance: A
     assert read_contact(manager, b["id"])["data"]["contact"]["email"] is None
 
 
+def test_a_subject_key_moved_to_another_contact_does_not_open_it(caller: Any,
+                                                                   appliance: Appliance) -> None:
+    """Both keys were opened a moment ago (and are kept opened for reuse): the reuse is looked
+    up by subject and wrapped key, so Alpha's wrapped key under Beta's id opens nothing."""
+    manager = caller("sales_manager", team="east")
+    a = create_contact(manager, lastName="Alpha", email="alpha@example.com")
+    b = create_contact(manager, lastName="Beta", email="beta@example.com")
+    for contact, email in ((a, "alpha@example.com"), (b, "beta@example.com")):
+        assert read_contact(manager, contact["id"])["data"]["contact"]["email"] == email
+        assert appliance.keyring.holds_opened_key(contact["id"])
+    a_key = db_row(appliance, "SELECT wrapped FROM subject_keys WHERE subject_id = :id",
+                   id=a["id"])[0]
+    db_write(appliance, "UPDATE subject_keys SET wrapped = :blob WHERE subject_id = :id",
+             blob=bytes(a_key), id=b["id"])
+    # Alpha's ciphertext moved along too: still nothing opens under Beta's id.
+    a_email = db_row(appliance, "SELECT email FROM contacts WHERE id = :id", id=a["id"])[0]
+    db_write(appliance, "UPDATE contacts SET email = :blob WHERE id = :id",
+             blob=bytes(a_email), id=b["id"])
+
+    one = read_contact(manager, b["id"])
+    assert codes(one) == ["DATA_INTEGRITY"], one
+    assert one["data"]["contact"]["email"] is None and "@example.com" not in str(one)
+    page = manager.gql("query { contacts(first: 10) { edges { node { id email } } } }")
+    assert codes(page) == ["DATA_INTEGRITY"], page
+    emails = {edge["node"]["id"]: edge["node"]["email"]
+              for edge in page["data"]["contacts"]["edges"]}
+    assert emails == {a["id"]: "alpha@example.com", b["id"]: None}
+
+
 def test_altered_ciphertext_in_the_database_gives_data_integrity(caller: Any,
                                                                  appliance: Appliance) -> None:
     manager = caller("sales_manager", team="east")
