@@ -19,7 +19,8 @@ import pytest
 ROOTFS = Path(os.environ.get("ENCLAVE_ROOTFS", "/nonexistent"))
 SECURITY_SCORE_LIMIT = 2.0
 ENCLAVE_UNITS = ["enclave.service", "enclave-init.service", "enclave-credential.service",
-                 "enclave-backup.service"]
+                 "enclave-backup.service", "enclave-webhooks.service",
+                 "enclave-retention.service"]
 FIRST_BOOT_UNITS = ["enclave-ssh-hostkeys.service", "enclave-tls-selfsigned.service",
                     "enclave-snakeoil.service"]
 
@@ -303,6 +304,7 @@ def test_the_wheel_is_installed_in_its_own_venv() -> None:
 
 def test_units_are_valid_enabled_and_read_the_passphrase_as_a_credential() -> None:
     for unit in ENCLAVE_UNITS + FIRST_BOOT_UNITS + ["enclave-backup.timer",
+                                                     "enclave-retention.timer",
                                                      "enclave-postgresql-setup.service"]:
         done = in_chroot("systemd-analyze", "verify", "--man=no", f"/etc/systemd/system/{unit}",
                          check=False)
@@ -310,8 +312,11 @@ def test_units_are_valid_enabled_and_read_the_passphrase_as_a_credential() -> No
         assert done.returncode == 0 and problems == [], (unit, done.stdout, done.stderr)
     assert enabled("enclave.service", "multi-user.target")
     assert enabled("enclave-backup.timer", "timers.target")
+    assert enabled("enclave-retention.timer", "timers.target")
+    assert enabled("enclave-webhooks.service", "multi-user.target")
     assert enabled("enclave-tls-selfsigned.service", "nginx.service")
-    for unit in ("enclave.service", "enclave-init.service", "enclave-backup.service"):
+    for unit in ("enclave.service", "enclave-init.service", "enclave-backup.service",
+                 "enclave-webhooks.service", "enclave-retention.service"):
         body = text(f"/etc/systemd/system/{unit}")
         assert ("LoadCredentialEncrypted=enclave-key-passphrase:"
                 "/etc/credstore.encrypted/enclave-key-passphrase") in body
@@ -329,7 +334,8 @@ def test_units_are_valid_enabled_and_read_the_passphrase_as_a_credential() -> No
 
 
 @pytest.mark.parametrize("unit", ["enclave.service", "enclave-init.service",
-                                  "enclave-backup.service"])
+                                  "enclave-backup.service", "enclave-webhooks.service",
+                                  "enclave-retention.service"])
 def test_systemd_analyze_security_rates_the_sandbox_at_most_2(unit: str) -> None:
     done = in_chroot("systemd-analyze", "security", "--offline=yes", "--no-pager",
                      f"/etc/systemd/system/{unit}", check=False)
@@ -372,6 +378,20 @@ def test_backup_timer_creates_then_prunes() -> None:
     assert "Environment=ENCLAVE_BACKUP_DIR=/var/backups/enclave" in service
     assert "OnCalendar=*-*-* 02:30:00" in text("/etc/systemd/system/enclave-backup.timer")
     assert owner("/var/backups/enclave") == ("enclave", "enclave", 0o700)
+
+
+def test_webhooks_and_retention_run_from_their_own_units() -> None:
+    webhooks = text("/etc/systemd/system/enclave-webhooks.service")
+    assert "ExecStart=/opt/enclave/venv/bin/enclave webhooks deliver --every 5" in webhooks
+    assert "Restart=on-failure" in webhooks
+    # Loopback only unless the operator names the receivers' networks.
+    assert "IPAddressDeny=any" in webhooks
+    assert [line for line in webhooks.splitlines()
+            if line.startswith("IPAddressAllow=")] == ["IPAddressAllow=localhost"]
+    retention = text("/etc/systemd/system/enclave-retention.service")
+    assert "ExecStart=/opt/enclave/venv/bin/enclave retention run" in retention
+    assert "Type=oneshot" in retention
+    assert "OnCalendar=*-*-* 03:30:00" in text("/etc/systemd/system/enclave-retention.timer")
 
 
 # -- measured hardening (docs/hardening.md) ---------------------------------------------------------------
