@@ -216,7 +216,8 @@ def test_needrestart_lists_only_and_aide_hashes_are_sha2() -> None:
     checksums = [line for line in text("/etc/aide/aide.conf").splitlines()
                  if line.startswith("Checksums")]
     assert checksums == ["Checksums = sha256+sha512"], checksums
-    assert "OwnerMode = p+u+g+ftype+acl+xattrs" in text("/etc/aide/aide.conf").splitlines()
+    aide = text("/etc/aide/aide.conf").splitlines()
+    assert "OwnerMode = p+u+g+ftype+acl+xattrs" in aide and "InodeData = OwnerMode+n+i+Size+l+X+xattrs" in aide
     for tool in ("x86_64-linux-gnu-as", "x86_64-linux-gnu-ld.bfd", "x86_64-linux-gnu-ld.gold"):
         mode = path(f"/usr/bin/{tool}").stat()
         assert stat.S_IMODE(mode.st_mode) == 0o750 and mode.st_uid == 0 and mode.st_gid == 0, tool
