@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 
 from schema.crm_defaults import seed_crm_defaults
 from security import audit, keys
@@ -39,6 +40,7 @@ from storage.counters import read_counter
 from storage.db import make_engine, make_session_factory
 from storage.ids import new_id
 from storage.models import ApiClient, PolicyRule, Setting
+from storage.raw_connections import RawConnections
 
 KEYS_VERSION_KEY = "keys_version"
 DEFAULTS_REVISION_KEY = "default_policy_revision"
@@ -64,6 +66,13 @@ class Appliance:
         #: security.audit_group and RequestContext.defer_read_audit).
         self.audit_group = GroupAppender(self.sessions, self.append_audit)
         self.authoriser = Authoriser()
+        #: Plain connections for the one-statement reads of the lean lane (PostgreSQL only;
+        #: schema.compiled.lean), as many kept idle as the ORM pool keeps.
+        self.raw_connections = (
+            RawConnections(engine.url,
+                           size=engine.pool.size() if isinstance(engine.pool, QueuePool) else 5,
+                           statement_timeout_ms=settings.statement_timeout_ms)
+            if engine.dialect.name == "postgresql" else None)
         self._lock = threading.Lock()
         self._keys_version = -1
         self.keyring: KeyRing
@@ -92,6 +101,11 @@ class Appliance:
     @property
     def kek(self) -> bytes:
         return self._kek
+
+    @property
+    def keys_version(self) -> int:
+        """The keys version this process has loaded (`refresh` follows the database's)."""
+        return self._keys_version
 
     def _load_keys(self, session: Session, version: int) -> None:
         keyring = KeyRing.load(session, self._kek)
@@ -143,6 +157,8 @@ class Appliance:
     def close(self) -> None:
         if self.shipper is not None:
             self.shipper.close()
+        if self.raw_connections is not None:
+            self.raw_connections.close()
         self.engine.dispose()
 
 

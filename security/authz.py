@@ -174,6 +174,11 @@ class Authoriser:
         self._snapshot: PolicySnapshot | None = None
         self._lock = threading.Lock()
 
+    @property
+    def current(self) -> PolicySnapshot | None:
+        """The snapshot last handed out (None before the first), without asking the database."""
+        return self._snapshot
+
     def snapshot(self, session: Session, version: int | None = None) -> PolicySnapshot:
         if version is None:
             version = current_policy_version(session)

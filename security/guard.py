@@ -84,6 +84,18 @@ class _ReadPlan(NamedTuple):
     audit_label: str | None
 
 
+def record_rule(scopes: frozenset[str], principal: Principal,
+                ) -> Callable[[str | None, str | None], bool]:
+    """Whether a record of (team, owner) is within `scopes` (the record rules of the caller's
+    roles for one object type and action) for `principal`."""
+    if "@all" in scopes:
+        return lambda team, owner: True
+    own_team = principal.team if "@team" in scopes else None
+    by_owner, me = "@own" in scopes, principal.id
+    return lambda team, owner: ((own_team is not None and team == own_team)
+                                or (by_owner and owner == me))
+
+
 class Guard:
     def __init__(self, *, principal: Principal, policy: PolicySnapshot, keyring: KeyRing,
                  session: Session, request_id: str | None = None) -> None:
@@ -134,13 +146,8 @@ class Guard:
 
     def scope_test(self, object_type: str, action: str) -> Callable[[Any], bool]:
         """`in_scope` for many records of one type: the record rules looked up once."""
-        scopes = self.scopes(object_type, action)
-        if "@all" in scopes:
-            return lambda record: True
-        team = self.principal.team if "@team" in scopes else None
-        by_owner, own = "@own" in scopes, self.principal.id
-        return lambda record: ((team is not None and record.team == team)
-                               or (by_owner and record.owner == own))
+        rule = record_rule(self.scopes(object_type, action), self.principal)
+        return lambda record: rule(record.team, record.owner)
 
     @property
     def _roles_text(self) -> str:

@@ -42,6 +42,12 @@ class PlanCache:
                 self.compiled += 1
         return found if isinstance(found, Plan) else None
 
+    def peek(self, schema: GraphQLSchema, doc_id: str,
+             operation_name: str | None) -> Plan | None:
+        """The plan if it is compiled already (no text needed), else None."""
+        found = self._plans.get((doc_id, operation_name, id(schema)))
+        return found if isinstance(found, Plan) else None
+
     def clear(self) -> None:
         with self._lock:
             self._plans.clear()

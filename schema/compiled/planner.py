@@ -92,6 +92,8 @@ class Plan:
     roots: list[RootPlan]
     #: Every (object type, guard field) the plan may reveal: decided per role set up front.
     fields: set[tuple[str, str]] = field(default_factory=set)
+    #: The lean lane's view of this plan (schema.compiled.lean), worked out on first use.
+    lean: Any = None
 
 
 def _key(node: FieldNode) -> str:

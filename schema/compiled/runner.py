@@ -222,10 +222,10 @@ class _Run:
         return self.record(root.object_type, row, root.children, [root.key])
 
 
-def run(plan: Plan, ctx: RequestContext, schema: GraphQLSchema,
-        variables: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[GraphQLError]]:
-    """data and errors, as graphql-core would give them. Raises BadVariables before anything
-    ran when the variables or arguments do not coerce."""
+def root_arguments(plan: Plan, schema: GraphQLSchema,
+                   variables: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    """Each root's arguments, coerced as graphql-core coerces them; raises BadVariables when
+    they do not coerce, or ask for what the plan does not do (generic search and sort)."""
     coerced = get_variable_values(schema, plan.operation.variable_definitions or (),
                                   dict(variables or {}))
     if isinstance(coerced, list):
@@ -243,6 +243,16 @@ def run(plan: Plan, ctx: RequestContext, schema: GraphQLSchema,
         generic = ("filters", "sort") if root.name == "contacts" else ("filter", "sort")
         if root.kind == "list" and any(args.get(name) is not None for name in generic):
             raise BadVariables()  # generic search and sort: not compiled yet
+    return arguments
+
+
+def run(plan: Plan, ctx: RequestContext, schema: GraphQLSchema,
+        variables: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[GraphQLError]]:
+    """data and errors, as graphql-core would give them. Raises BadVariables before anything
+    ran when the variables or arguments do not coerce."""
+    arguments = root_arguments(plan, schema, variables)
+    query = schema.query_type
+    assert query is not None
     runner = _Run(ctx)
     data: dict[str, Any] = {}
     for root, args in zip(plan.roots, arguments, strict=True):

@@ -21,7 +21,7 @@ from schema.context import RequestContext
 from schema.ops import validation
 from schema.ops.contacts import OBJECT, _check_searchable
 from schema.ops.records import Page, scope_clause
-from security.authz import READ
+from security.authz import READ, PolicySnapshot
 from storage.models import Account, Contact, SubjectKey
 
 _ACCOUNT = aliased(Account, name="acc")
@@ -36,7 +36,13 @@ _LOCK = threading.Lock()
 def needed(ctx: RequestContext, object_type: str, fields: Iterable[str]) -> tuple[str, ...]:
     """The columns a plan's fields of `object_type` read (their attributes), and what the guard
     needs besides; every column when a field is not a plain column (a custom field, say)."""
-    spec = ctx.guard.policy.spec(object_type)
+    return columns_needed(ctx.guard.policy, object_type, fields)
+
+
+def columns_needed(policy: PolicySnapshot, object_type: str,
+                   fields: Iterable[str]) -> tuple[str, ...]:
+    """`needed`, for a policy snapshot."""
+    spec = policy.spec(object_type)
     attrs = set(_ALWAYS)
     for name in fields:
         attr = spec.field(name).attr
@@ -55,7 +61,7 @@ class Record:
         self.__dict__.update(values)
 
 
-def _statement(contact_columns: tuple[str, ...], account_columns: tuple[str, ...] | None,
+def page_statement(contact_columns: tuple[str, ...], account_columns: tuple[str, ...] | None,
                scope: tuple[bool, bool, bool], filters: tuple[bool, bool, bool, bool],
                keyset: bool) -> Any:
     """The page statement for one shape, built once: every value (scope, filter, keyset,
@@ -144,7 +150,7 @@ def contacts_page(ctx: RequestContext, *, first: int | None, after: str | None,
         params["after_id"] = after_id
     params["size"] = size + 1
     with_account = account_columns is not None
-    query = _statement(contact_columns, account_columns, (everyone, team, own),
+    query = page_statement(contact_columns, account_columns, (everyone, team, own),
                        (account_id is not None, owner is not None, email is not None,
                         phone is not None), after_id is not None)
     rows = ctx.session.connection().execute(query, params).all()

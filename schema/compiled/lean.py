@@ -1,0 +1,397 @@
+"""The lean lane: a compiled page of contacts read in one statement, with no ORM and no
+transaction, on PostgreSQL.
+
+For a registered document whose plan is one `contacts(first, after)` connection (any
+selection of contact fields, the nested account last, cursors, page info, `__typename`s), and
+a caller every one of whose fields is granted in full or masked, the whole request is one
+SELECT on a plain autocommit connection (storage.raw_connections): the prelude every request
+reads (key and policy versions, whether the client is active, the document's bound clients)
+LEFT JOIN LATERAL the page statement of schema.compiled.sql (the caller's record rules, the
+keyset, the limit, each row's wrapped subject key, the joined account). The rows are opened by
+security.page_reader (decisions taken once per plan, role set and policy version), the answer
+is written straight from the tuples, and the read's audit entries go through the group append
+(durable before the answer leaves), as the compiled runner's do.
+
+The lane answers only when everything is the plain case. Anything else, found before or after
+the statement (a plan of another shape, a filter, bad variables, a policy or key version this
+process has not loaded, a revoked client, a document not bound to the caller, a field that
+does not open, an account outside the join, a lost connection) returns None having written
+nothing, and the request runs the usual way, which answers, refuses and audits exactly
+(tests/test_compiled.py holds all three paths to the same bytes and the same audit entries).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from graphql import GraphQLSchema
+from sqlalchemy import Text, cast, select, true
+
+from schema.compiled.cache import PLANS
+from schema.compiled.planner import Leaf, Plan, RootPlan
+from schema.compiled.runner import BadVariables, root_arguments
+from schema.compiled.sql import columns_needed, page_statement
+from schema.ops import validation
+from schema.prelude import prelude_statement
+from schema.runtime import Appliance
+from security import page_reader
+from security.authz import READ, PolicySnapshot
+from security.errors import EnclaveError
+from security.guard import record_rule
+from security.principal import Principal
+from storage.columns import UTCDateTime
+
+_NOT_LEAN = False
+_PLAIN = frozenset({str, type(None)})
+_to_utc = UTCDateTime().process_result_value
+#: Lean plans kept per compiled plan (role sets x policy versions x keys versions).
+_MAX_VARIANTS = 64
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What a plan of the lean shape reads: its one `contacts` root and the node's leaves."""
+
+    root: RootPlan
+    #: The node's leaves up to (not including) the nested account; the account leaf or None.
+    leaves: tuple[Leaf, ...]
+    account: Leaf | None
+
+
+def _shape(plan: Plan) -> _Shape | None:
+    roots = [root for root in plan.roots if root.name != "__typename"]
+    if len(roots) != 1 or roots[0].name != "contacts" or roots[0].kind != "list":
+        return None
+    root = roots[0]
+    nodes = [inner for leaf in root.children if leaf.kind == "edges"
+             for inner in leaf.children if inner.kind == "node"]
+    if len(nodes) > 1:
+        return None
+    leaves = tuple(nodes[0].children) if nodes else ()
+    account = None
+    if any(leaf.kind == "account" for leaf in leaves):
+        if leaves[-1].kind != "account":  # the account last: the audit notes keep their order
+            return None
+        account, leaves = leaves[-1], leaves[:-1]
+        if any(leaf.kind not in ("id", "field", "typename") for leaf in account.children):
+            return None
+    if any(leaf.kind not in ("id", "field", "typename") for leaf in leaves):
+        return None
+    return _Shape(root, leaves, account)
+
+
+def _leaf_writer(leaves: Sequence[Leaf], first_value: int,
+                 ) -> tuple[Callable[[Any, list[Any]], dict[str, Any]], list[str]]:
+    """How to write one record's leaves from its id and the reader's values (the fields in
+    leaf order from `first_value` on), and the guard field names those values are."""
+    names = [leaf.name for leaf in leaves if leaf.kind == "field"]
+    id_keys = [leaf.key for leaf in leaves if leaf.kind == "id"]
+    simple = (not any(leaf.kind == "typename" for leaf in leaves)
+              and not any(leaf.is_datetime for leaf in leaves)
+              and len(id_keys) <= 1 and all(leaf.kind == "field" for leaf in leaves[1:])
+              and (not id_keys or leaves[0].kind == "id"))
+    field_keys = [leaf.key for leaf in leaves if leaf.kind == "field"]
+    id_key = id_keys[0] if id_keys else None
+    steps: list[tuple[str, int, Any]] = []
+    index = first_value
+    for leaf in leaves:
+        if leaf.kind == "field":
+            steps.append((leaf.key, 1 if leaf.is_datetime else 0, index))
+            index += 1
+        elif leaf.kind == "id":
+            steps.append((leaf.key, 2, 0))
+        else:
+            steps.append((leaf.key, 3, leaf.name))
+
+    def careful(record_id: Any, values: list[Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, kind, extra in steps:
+            if kind == 0:
+                value = values[extra]
+                if value is not None and type(value) is not str:
+                    raise page_reader.NotPlain()
+                out[key] = value
+            elif kind == 1:
+                value = values[extra]
+                out[key] = None if value is None else _to_utc(value, None).isoformat()  # type: ignore[union-attr]
+            elif kind == 2:
+                out[key] = record_id
+            else:
+                out[key] = extra
+        return out
+
+    if not simple:
+        return careful, names
+    end = first_value + len(field_keys)
+
+    def write(record_id: Any, values: list[Any]) -> dict[str, Any]:
+        fields = values[first_value:end]
+        if not _PLAIN.issuperset(map(type, fields)):
+            return careful(record_id, values)
+        out: dict[str, Any] = {id_key: record_id} if id_key is not None else {}
+        out.update(zip(field_keys, fields, strict=True))
+        return out
+    return write, names
+
+
+class _Lean:
+    """A plan made lean for one role set, policy version and keys version: the statement, the
+    readers, the writers."""
+
+    def __init__(self, appliance: Appliance, shape: _Shape, principal: Principal,
+                 policy: PolicySnapshot) -> None:
+        roles = principal.roles
+        self.ok = False
+        contact_scopes = policy.scopes(roles, "contact", READ)
+        if not contact_scopes:
+            return  # a refusal: the usual path words and audits it
+        everyone = "@all" in contact_scopes
+        self.team = not everyone and "@team" in contact_scopes and principal.team is not None
+        self.own = not everyone and "@own" in contact_scopes
+        root = shape.root
+        self.contact_columns = columns_needed(policy, "contact", root.fields.get("contact", ()))
+        self.account_columns = (columns_needed(policy, "account", root.fields.get("account", ()))
+                                if root.joins_account else None)
+        self.scope = (everyone, self.team, self.own)
+        self.appliance = appliance
+        self._statements: dict[bool, tuple[str, dict[str, Any]]] = {}
+        sample = self._combined(False)
+        names = list(sample.selected_columns.keys())
+        at = {name: index for index, name in enumerate(names)}
+        if len(at) != len(names):
+            return
+        self.keys_at, self.policy_at = at["keys_version"], at["policy_version"]
+        self.client_at, self.clients_at = at["client_active"], at["document_clients"]
+        self.id_at = at["id"]
+        node_writer, node_fields = _leaf_writer(shape.leaves, 0)
+        contact_fields = [*node_fields, *(["account"] if shape.account else [])]
+        contact_steps = page_reader.field_steps(policy, roles, "contact", contact_fields)
+        if contact_steps is None:
+            return
+        self.contact_labels = page_reader.audit_labels(contact_steps)
+        self.read_contact = page_reader.row_reader(
+            appliance.keyring, contact_steps, [at[step.attribute] for step in contact_steps],
+            id_at=self.id_at, version_at=at["key_version"], wrapped_at=at["current_wrapped_key"])
+        self.write_node = node_writer
+        self.account_key: str | None = None
+        if shape.account is not None:
+            account_writer, account_fields = _leaf_writer(shape.account.children, 0)
+            account_steps = page_reader.field_steps(policy, roles, "account", account_fields)
+            if account_steps is None or any(step.where is not None for step in account_steps):
+                return  # an account's sealed fields need its own key: not on this lane
+            self.account_key = shape.account.key
+            self.account_labels = page_reader.audit_labels(account_steps)
+            self.account_id_at, self.joined_id_at = at["account_id"], at["acc__id"]
+            self.account_in_scope_at = (at["acc__team"], at["acc__owner"])
+            self.read_account = page_reader.row_reader(
+                appliance.keyring, account_steps,
+                [at[f"acc__{step.attribute}"] for step in account_steps],
+                id_at=self.joined_id_at, version_at=at["acc__key_version"],
+                wrapped_at=self.joined_id_at)
+            self.write_account = account_writer
+            self.account_rule = record_rule(policy.scopes(roles, "account", READ), principal)
+            self.account_value_at = len(contact_steps) - 1
+        self.ok = True
+
+    def _combined(self, keyset: bool) -> Any:
+        pre = prelude_statement(False, True, True).subquery("pre")
+        page = page_statement(self.contact_columns, self.account_columns, self.scope,
+                              (False, False, False, False), keyset).lateral("p")
+        # The prelude's columns repeat on every row: the clients come as text, parsed once.
+        prelude = [cast(column, Text).label(column.name) if column.name == "document_clients"
+                   else column for column in pre.c]
+        return (select(*prelude, *page.c).select_from(pre).outerjoin(page, true())
+                .order_by(page.c.id))
+
+    def statement(self, keyset: bool) -> tuple[str, dict[str, Any]]:
+        found = self._statements.get(keyset)
+        if found is None:
+            compiled = self._combined(keyset).compile(dialect=self.appliance.engine.dialect)
+            found = self._statements[keyset] = (str(compiled), dict(compiled.params))
+        return found
+
+
+_LOCK = threading.Lock()
+
+
+class Counts:
+    """How many requests this process's lean lane answered (for tests and the benchmark)."""
+
+    answered = 0
+
+
+def _lean_for(appliance: Appliance, plan: Plan, shape: _Shape, principal: Principal,
+              policy: PolicySnapshot, keys_version: int) -> _Lean | None:
+    variants: dict[Any, _Lean] = plan.lean[1]
+    key = (principal.roles, principal.team is not None, id(policy), policy.version, keys_version)
+    found = variants.get(key)
+    if found is None:
+        found = _Lean(appliance, shape, principal, policy)
+        with _LOCK:
+            if len(variants) >= _MAX_VARIANTS:
+                variants.clear()
+            variants[key] = found
+    return found if found.ok else None
+
+
+def run(appliance: Appliance, principal: Principal, schema: GraphQLSchema, document_id: str,
+        operation_name: str | None, variables: Mapping[str, Any] | None,
+        request_id: str) -> dict[str, Any] | None:
+    """The response, or None when the request is not for this lane (nothing was written)."""
+    connections = appliance.raw_connections
+    if connections is None or appliance.unguarded or principal.kind == "user":
+        return None
+    plan = PLANS.peek(schema, document_id, operation_name)
+    if plan is None:
+        return None
+    if plan.lean is None:
+        shape = _shape(plan)
+        plan.lean = (shape, {}) if shape is not None else _NOT_LEAN
+    if plan.lean is _NOT_LEAN:
+        return None
+    policy, keys_version = appliance.authoriser.current, appliance.keys_version
+    if policy is None:
+        return None
+    shape = plan.lean[0]
+    lean = _lean_for(appliance, plan, shape, principal, policy, keys_version)
+    if lean is None:
+        return None
+    try:
+        arguments = root_arguments(plan, schema, variables)
+    except BadVariables:
+        return None
+    args = next(a for r, a in zip(plan.roots, arguments, strict=True) if r is shape.root)
+    if args.get("filter"):
+        return None
+    try:
+        size = validation.page_size(args.get("first"))
+        after_id = validation.decode_cursor(args.get("after"))
+    except EnclaveError:
+        return None
+    sql, defaults = lean.statement(after_id is not None)
+    params = dict(defaults)
+    params["size"] = size + 1
+    params["client_id"] = principal.id
+    params["document_id"] = document_id
+    if after_id is not None:
+        params["after_id"] = after_id
+    if lean.team:
+        params["scope_team"] = principal.team
+    if lean.own:
+        params["scope_owner"] = principal.id
+    connection = connections.get()
+    try:
+        rows = connection.execute(sql, params, binary=True).fetchall()
+    except psycopg.Error:
+        connections.discard(connection)
+        return None
+    connections.put(connection)
+    head = rows[0]
+    clients = head[lean.clients_at]
+    clients = json.loads(clients) if clients is not None else None
+    if (int(head[lean.keys_at] or 0) != keys_version
+            or int(head[lean.policy_at] or 0) != policy.version
+            or head[lean.client_at] is not True or not isinstance(clients, list)
+            or (appliance.settings.documents == "trusted" and principal.id not in clients)):
+        return None
+    if head[lean.id_at] is None:
+        rows = []
+    try:
+        answer, reads = _answer(plan, shape, lean, rows, size, after_id is not None)
+    except page_reader.NotPlain:
+        return None
+    entries = page_reader.read_entries(principal, request_id, reads)
+    appliance.audit_group.append(entries)  # durable before the answer leaves, or it raises
+    Counts.answered += 1
+    query = schema.query_type
+    data = {root.key: (query.name if root.name == "__typename" and query is not None
+                       else answer) for root in plan.roots}
+    return {"data": data}
+
+
+def _answer(plan: Plan, shape: _Shape, lean: _Lean, rows: list[Any], size: int,
+            has_previous: bool) -> tuple[dict[str, Any], list[Any]]:
+    page = rows[:size]
+    id_at = lean.id_at
+    read_contact, write_node = lean.read_contact, lean.write_node
+    account_key = lean.account_key
+    contact_ids: list[str] = []
+    account_ids: dict[str, None] = {}
+    nodes = []
+    for row in page:
+        record_id = row[id_at]
+        values = read_contact(row)
+        node = write_node(record_id, values)
+        if account_key is not None:
+            node[account_key] = _account(lean, row, values, account_ids)
+        contact_ids.append(record_id)
+        nodes.append(node)
+    # The guard notes a row's contact fields before its account's (the account is the node's
+    # last leaf), so the contact entry comes first whenever both are written.
+    reads: list[Any] = [("contact", contact_ids, lean.contact_labels)]
+    if account_key is not None:
+        reads.append(("account", account_ids, lean.account_labels))
+    return _connection(shape.root, page, nodes, id_at, len(rows) > size, has_previous), reads
+
+
+def _account(lean: _Lean, row: Any, values: list[Any],
+             account_ids: dict[str, None]) -> dict[str, Any] | None:
+    account_id = values[lean.account_value_at]
+    if account_id is None:
+        return None
+    joined = row[lean.joined_id_at]
+    if joined is None or joined != account_id or joined != row[lean.account_id_at]:
+        raise page_reader.NotPlain()  # gone since, or masked: the usual path answers
+    team_at, owner_at = lean.account_in_scope_at
+    if not lean.account_rule(row[team_at], row[owner_at]):
+        return None
+    if lean.account_labels:
+        account_ids[joined] = None
+    return lean.write_account(joined, lean.read_account(row))
+
+
+def _connection(root: RootPlan, page: list[Any], nodes: list[dict[str, Any]], id_at: int,
+                has_next: bool, has_previous: bool) -> dict[str, Any]:
+    """The connection as `_Run.connection` writes it."""
+    out: dict[str, Any] = {}
+    for leaf in root.children:
+        if leaf.kind == "typename":
+            out[leaf.key] = leaf.name
+        elif leaf.kind == "edges":
+            inner = leaf.children
+            if len(inner) == 1 and inner[0].kind == "node":
+                node_key = inner[0].key
+                out[leaf.key] = [{node_key: node} for node in nodes]
+                continue
+            edges = []
+            for row, node in zip(page, nodes, strict=True):
+                edge: dict[str, Any] = {}
+                for part in inner:
+                    if part.kind == "cursor":
+                        edge[part.key] = validation.encode_cursor(row[id_at])
+                    elif part.kind == "typename":
+                        edge[part.key] = part.name
+                    else:
+                        edge[part.key] = node
+                edges.append(edge)
+            out[leaf.key] = edges
+        else:
+            info: dict[str, Any] = {}
+            for part in leaf.children:
+                if part.kind == "typename":
+                    info[part.key] = part.name
+                elif part.name == "hasNextPage":
+                    info[part.key] = has_next
+                elif part.name == "hasPreviousPage":
+                    info[part.key] = has_previous
+                elif part.name == "startCursor":
+                    info[part.key] = validation.encode_cursor(page[0][id_at]) if page else None
+                else:
+                    info[part.key] = validation.encode_cursor(page[-1][id_at]) if page else None
+            out[leaf.key] = info
+    return out
