@@ -21,8 +21,9 @@ from api.auth import principal_from_token, require_active
 from api.oauth import token_response
 from api.oauth_code import SCOPES
 from api.web import is_form, parse_form, read_body
+from schema.compiled import lean
 from schema.context import unit_of_work
-from schema.graphql.execution import execute
+from schema.graphql.execution import Limits, execute, schema_for
 from schema.graphql.limits import RateLimiter
 from schema.runtime import Appliance
 from security.errors import Unauthenticated
@@ -107,6 +108,7 @@ def create_app(appliance: Appliance) -> Starlette:
     settings = appliance.settings
 
     limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+    limits = Limits.of(settings)
 
     async def graphql(request: Request) -> Response:
         request_id = uuid.uuid4().hex
@@ -178,6 +180,15 @@ def create_app(appliance: Appliance) -> Starlette:
         if operation is not None and not isinstance(operation, str):
             return _graphql_error(400, "'operationName' must be a string", "BAD_REQUEST")
         try:
+            if document_id is not None and query is None:
+                # A registered document of the lean shape is answered on this event loop
+                # (schema.compiled.lean); any other case runs in a worker thread as usual.
+                answer = await lean.run(appliance, principal,
+                                        schema_for(introspection="admin" in principal.roles,
+                                                   limits=limits)._schema,
+                                        document_id, operation, variables, request_id)
+                if answer is not None:
+                    return _json_response(answer, {"x-request-id": request_id})
             body = await run_in_threadpool(_run, principal, query, variables,
                                            operation, request_id, document_id,
                                            request.method == "GET")

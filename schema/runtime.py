@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,7 +20,7 @@ from sqlalchemy.pool import QueuePool
 from schema.crm_defaults import seed_crm_defaults
 from security import audit, keys
 from security.audit import AuditEntry
-from security.audit_group import GroupAppender
+from security.audit_group import GroupAppender, LoopAppender
 from security.audit_ship import Shipper
 from security.authz import (
     POLICY_VERSION_KEY,
@@ -40,7 +42,7 @@ from storage.counters import read_counter
 from storage.db import make_engine, make_session_factory
 from storage.ids import new_id
 from storage.models import ApiClient, PolicyRule, Setting
-from storage.raw_connections import RawConnections
+from storage.raw_connections import DedicatedConnection, RawConnections
 
 KEYS_VERSION_KEY = "keys_version"
 DEFAULTS_REVISION_KEY = "default_policy_revision"
@@ -64,7 +66,13 @@ class Appliance:
         self._kek = kek
         #: Group commit of read audit entries (compiled reads on PostgreSQL; see
         #: security.audit_group and RequestContext.defer_read_audit).
-        self.audit_group = GroupAppender(self.sessions, self.append_audit)
+        postgres = engine.dialect.name == "postgresql"
+        #: The audit group leader's own connection: batches without a checkpoint due are
+        #: appended on it in two statements (security.audit.append_plain), no ORM session.
+        self._audit_connection = DedicatedConnection(engine.url) if postgres else None
+        self.audit_group = GroupAppender(
+            self.sessions, self.append_audit,
+            self._append_plain if postgres and not unsafe_unguarded_for_benchmark else None)
         self.authoriser = Authoriser()
         #: Plain connections for the one-statement reads of the lean lane (PostgreSQL only;
         #: schema.compiled.lean), as many kept idle as the ORM pool keeps.
@@ -72,7 +80,10 @@ class Appliance:
             RawConnections(engine.url,
                            size=engine.pool.size() if isinstance(engine.pool, QueuePool) else 5,
                            statement_timeout_ms=settings.statement_timeout_ms)
-            if engine.dialect.name == "postgresql" else None)
+            if postgres else None)
+        self._loop_appenders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                                        LoopAppender] = \
+            weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._keys_version = -1
         self.keyring: KeyRing
@@ -101,6 +112,14 @@ class Appliance:
     @property
     def kek(self) -> bytes:
         return self._kek
+
+    def loop_appender(self) -> LoopAppender:
+        """The group append of audit entries for coroutines on the running event loop."""
+        loop = asyncio.get_running_loop()
+        found = self._loop_appenders.get(loop)
+        if found is None:
+            found = self._loop_appenders[loop] = LoopAppender(self.audit_group)
+        return found
 
     @property
     def keys_version(self) -> int:
@@ -139,6 +158,12 @@ class Appliance:
         return audit.append(session, entries, keyring=self.keyring,
                             checkpoint_every=self.settings.audit_checkpoint_every)
 
+    def _append_plain(self, entries: list[AuditEntry]) -> list[int] | None:
+        assert self._audit_connection is not None
+        dialect = self.engine.dialect
+        return self._audit_connection.run(
+            lambda connection: audit.append_plain(connection, entries, dialect=dialect))
+
     def ready(self) -> tuple[bool, dict[str, str]]:
         checks: dict[str, str] = {}
         try:
@@ -159,6 +184,8 @@ class Appliance:
             self.shipper.close()
         if self.raw_connections is not None:
             self.raw_connections.close()
+        if self._audit_connection is not None:
+            self._audit_connection.close()
         self.engine.dispose()
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import itertools
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -146,6 +147,27 @@ def append(session: Session, entries: Iterable[AuditEntry], *, keyring: KeyRing,
         return []
     # The head row is the lock that keeps concurrent appenders in one order.
     seq, prev_hash, due = session.execute(_HEAD_FOR_UPDATE).one()
+    rows = _chained(entries, seq, prev_hash)
+    seq, prev_hash = rows[-1]["seq"], rows[-1]["hash"]
+    head: dict[str, Any] = {"seq": seq, "hash": prev_hash}
+    if seq < due and len(rows) <= _APPEND_MAX and session.get_bind().dialect.name == "postgresql":
+        # The entries and the new head in one statement (one round trip, same transaction,
+        # same rows); the checkpoint path below reads the entries back, so it keeps two.
+        connection = session.connection()
+        connection.exec_driver_sql(_append_sql(connection.dialect, len(rows)),
+                                   _append_params(rows))
+        return [int(row["seq"]) for row in rows]
+    session.execute(insert(AuditEvent), rows)
+    if seq >= due:
+        head["checkpoint_due"] = _sign_checkpoint(session, keyring, seq, checkpoint_every,
+                                                  appended=rows).next_due
+    session.execute(_MOVE_HEAD.values(**head))
+    return [int(row["seq"]) for row in rows]
+
+
+def _chained(entries: Sequence[AuditEntry], seq: int, prev_hash: str) -> list[dict[str, Any]]:
+    """The rows of `entries` appended after entry `seq` of hash `prev_hash`, each chained to
+    the one before it."""
     rows: list[dict[str, Any]] = []
     for entry in entries:
         seq += 1
@@ -158,30 +180,66 @@ def append(session: Session, entries: Iterable[AuditEntry], *, keyring: KeyRing,
         }
         values["hash"] = prev_hash = entry_hash(SimpleNamespace(**values))
         rows.append(values)
-    head: dict[str, Any] = {"seq": seq, "hash": prev_hash}
-    if seq < due and len(rows) <= _APPEND_MAX and session.get_bind().dialect.name == "postgresql":
-        # The entries and the new head in one statement (one round trip, same transaction,
-        # same rows); the checkpoint path below reads the entries back, so it keeps two.
-        params = {f"{name}_{index}": value
-                  for index, row in enumerate(rows) for name, value in row.items()}
-        connection = session.connection()
-        connection.exec_driver_sql(_append_sql(connection.dialect, len(rows)),
-                                   {**params, "head_seq": seq, "head_hash": prev_hash})
-        return [int(row["seq"]) for row in rows]
-    session.execute(insert(AuditEvent), rows)
-    if seq >= due:
-        head["checkpoint_due"] = _sign_checkpoint(session, keyring, seq,
-                                                  checkpoint_every).next_due
-    session.execute(_MOVE_HEAD.values(**head))
+    return rows
+
+
+def _append_params(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    params = {f"{name}_{index}": value
+              for index, row in enumerate(rows) for name, value in row.items()}
+    params["head_seq"], params["head_hash"] = rows[-1]["seq"], rows[-1]["hash"]
+    return params
+
+
+def append_plain(connection: Any, entries: Sequence[AuditEntry], *,
+                 dialect: Any) -> list[int] | None:
+    """`append` on a plain DB-API connection to PostgreSQL (not in autocommit mode), in a
+    transaction of its own that this commits: the same head lock, rows and hashes in two
+    statements, for the usual case. When a checkpoint falls due within these entries, or they
+    are more than one statement takes, it writes nothing and answers None: the caller then
+    appends them with `append`, which signs the checkpoint."""
+    if not entries or len(entries) > _APPEND_MAX:
+        return None
+    head_sql, head_params = _head_sql(dialect)
+    cursor = connection.cursor()
+    try:
+        cursor.execute(head_sql, head_params)
+        seq, prev_hash, due = cursor.fetchone()
+        if seq + len(entries) >= due:
+            connection.rollback()
+            return None
+        rows = _chained(entries, seq, prev_hash)
+        cursor.execute(_append_sql(dialect, len(rows)), _append_params(rows))
+        connection.commit()
+    except BaseException:
+        try:
+            connection.rollback()
+        except Exception:  # noqa: BLE001 - a broken connection: the caller drops it
+            pass
+        raise
+    finally:
+        cursor.close()
     return [int(row["seq"]) for row in rows]
 
 
+_HEAD_SQL: dict[str, tuple[str, dict[str, Any]]] = {}
+
+
+def _head_sql(dialect: Any) -> tuple[str, dict[str, Any]]:
+    found = _HEAD_SQL.get(dialect.name)
+    if found is None:
+        compiled = _HEAD_FOR_UPDATE.compile(dialect=dialect)
+        found = _HEAD_SQL[dialect.name] = (str(compiled), dict(compiled.params))
+    return found
+
+
 def _sign_checkpoint(session: Session, keyring: KeyRing, seq: int,
-                     checkpoint_every: int) -> AuditCheckpoint:
+                     checkpoint_every: int,
+                     appended: Sequence[dict[str, Any]] = ()) -> AuditCheckpoint:
     """Sign the tree of entries 1..seq as a checkpoint note. The note also promises the next
     checkpoint by `next_due`, so deleting later checkpoints (to hide a rewritten tail) breaks a
-    signed promise. The caller holds the head row's lock."""
-    root = _tree_at(session, seq).root()
+    signed promise. The caller holds the head row's lock; `appended`: the rows it has just
+    inserted (the last entries up to `seq`), whose leaves need not be read back."""
+    root = _tree_at(session, seq, appended).root()
     ts = _now()
     next_due = seq + checkpoint_every
     version = keyring.current_version(AUDIT_SIGNING)
@@ -195,9 +253,12 @@ def _sign_checkpoint(session: Session, keyring: KeyRing, seq: int,
     return AuditCheckpoint(**values)  # a detached copy for the caller to read
 
 
-def _tree_at(session: Session, seq: int) -> Frontier:
+def _tree_at(session: Session, seq: int,
+             appended: Sequence[dict[str, Any]] = ()) -> Frontier:
     """The compact Merkle tree of entries 1..seq, grown from the one the last checkpoint left
-    (rebuilt from every entry when that one is missing or does not match its signed root)."""
+    (rebuilt from every entry when that one is missing or does not match its signed root).
+    `appended`: rows this transaction inserted, ending at `seq`, hashed as they were written
+    rather than read back."""
     stored = _load_tree(session)
     last = session.execute(
         select(AuditCheckpoint.seq, AuditCheckpoint.hash, AuditCheckpoint.signature)
@@ -211,9 +272,17 @@ def _tree_at(session: Session, seq: int) -> Frontier:
             log.warning("the stored audit Merkle tree does not match the last signed "
                         "checkpoint; rebuilding it from the entries")
         tree = Frontier()
-    rows = session.execute(select(*CANONICAL_COLUMNS)
-                           .where(AuditEvent.seq > tree.size, AuditEvent.seq <= seq)
-                           .order_by(AuditEvent.seq).execution_options(yield_per=1000))
+    known = [row for row in appended if row["seq"] > tree.size]
+    if not known or known[-1]["seq"] != seq or \
+            [row["seq"] for row in known] != list(range(known[0]["seq"], seq + 1)):
+        known = []
+    read_to = known[0]["seq"] - 1 if known else seq
+    stored_rows = select(*CANONICAL_COLUMNS).where(
+        AuditEvent.seq > tree.size, AuditEvent.seq <= read_to).order_by(AuditEvent.seq)
+    if read_to - tree.size > 1000:  # a rebuild: stream rather than hold every entry at once
+        stored_rows = stored_rows.execution_options(yield_per=1000)
+    rows: Iterable[Any] = itertools.chain(session.execute(stored_rows),
+                                          (SimpleNamespace(**row) for row in known))
     for row in rows:
         if row.seq != tree.size + 1:
             raise EnclaveError(f"audit entry {tree.size + 1} is missing; no checkpoint can be "

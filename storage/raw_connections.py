@@ -1,20 +1,26 @@
-"""Plain psycopg connections for one-statement reads (the lean lane of compiled documents).
+"""Plain async psycopg connections for one-statement reads (the lean lane of compiled
+documents, run on the server's event loop without a worker thread).
 
 A read that is a single SELECT needs no transaction, no ORM session and no pool pre-ping: the
 statement is its own snapshot, and a connection that was lost fails the statement, which the
 caller answers by running the request the ordinary way (with its retries). These connections
-are in autocommit mode and carry the appliance's statement timeout as a session setting.
-At most `size` idle connections are kept; more are opened when needed and closed on return.
+are in autocommit mode, read-only (`default_transaction_read_only`), and carry the appliance's
+statement timeout as a session setting. Connections belong to the event loop that opened them
+(each server worker has one); at most `size` idle ones are kept per loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import psycopg
 from sqlalchemy.engine import URL
+
+T = TypeVar("T")
 
 
 def conninfo(url: URL) -> str:
@@ -25,42 +31,76 @@ def conninfo(url: URL) -> str:
 class RawConnections:
     def __init__(self, url: URL, *, size: int, statement_timeout_ms: int) -> None:
         self._conninfo = conninfo(url)
-        self._options = (f"-c statement_timeout={int(statement_timeout_ms)}"
-                         if statement_timeout_ms else "")
+        options = ["-c default_transaction_read_only=on"]
+        if statement_timeout_ms:
+            options.append(f"-c statement_timeout={int(statement_timeout_ms)}")
+        self._options = " ".join(options)
         self._size = size
-        self._idle: list[psycopg.Connection[Any]] = []
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
         self.opened = 0
 
-    def get(self) -> psycopg.Connection[Any]:
-        with self._lock:
-            if self._pid != os.getpid():  # a forked worker must not share its parent's sockets
-                self._idle, self._pid = [], os.getpid()
-            if self._idle:
-                return self._idle.pop()
-        connection = psycopg.connect(self._conninfo, autocommit=True, options=self._options)
+    async def get(self) -> psycopg.AsyncConnection[Any]:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # another loop (a test client's): the old ones are not ours
+            self._drop_idle()
+            self._loop = loop
+        if self._idle:
+            return self._idle.pop()
+        connection = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True,
+                                                           options=self._options)
         self.opened += 1
         return connection
 
-    def put(self, connection: psycopg.Connection[Any]) -> None:
+    async def put(self, connection: psycopg.AsyncConnection[Any]) -> None:
         """Give back a connection that answered its statement in full."""
-        with self._lock:
-            if len(self._idle) < self._size and self._pid == os.getpid() \
-                    and not connection.closed:
-                self._idle.append(connection)
-                return
-        connection.close()
+        if (len(self._idle) < self._size and not connection.closed
+                and asyncio.get_running_loop() is self._loop):
+            self._idle.append(connection)
+        else:
+            await connection.close()
 
-    def discard(self, connection: psycopg.Connection[Any]) -> None:
-        """Close a connection whose statement failed (its state is unknown)."""
-        try:
-            connection.close()
-        except psycopg.Error:
-            pass
+    @staticmethod
+    def discard(connection: psycopg.AsyncConnection[Any]) -> None:
+        """Close a connection whose statement failed or was cancelled (its state is unknown),
+        at once and without waiting on the loop."""
+        connection.pgconn.finish()
+
+    def _drop_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            self.discard(connection)
+
+    def close(self) -> None:
+        self._drop_idle()
+
+
+class DedicatedConnection:
+    """One plain sync connection (transactions, not autocommit) for one writer at a time: the
+    audit group's leader. `run(work)` calls `work(connection)`; a connection whose work raised
+    is closed (its state is unknown) and the next call opens a fresh one."""
+
+    def __init__(self, url: URL) -> None:
+        self._conninfo = conninfo(url)
+        self._connection: psycopg.Connection[Any] | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        with self._lock:
+            connection = self._connection
+            if connection is None or connection.closed or self._pid != os.getpid():
+                connection = self._connection = psycopg.connect(self._conninfo)
+                self._pid = os.getpid()
+            try:
+                return work(connection)
+            except BaseException:
+                self._connection = None
+                connection.close()
+                raise
 
     def close(self) -> None:
         with self._lock:
-            idle, self._idle = self._idle, []
-        for connection in idle:
-            connection.close()
+            if self._connection is not None and self._pid == os.getpid():
+                self._connection.close()
+            self._connection = None

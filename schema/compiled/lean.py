@@ -239,10 +239,11 @@ def _lean_for(appliance: Appliance, plan: Plan, shape: _Shape, principal: Princi
     return found if found.ok else None
 
 
-def run(appliance: Appliance, principal: Principal, schema: GraphQLSchema, document_id: str,
-        operation_name: str | None, variables: Mapping[str, Any] | None,
-        request_id: str) -> dict[str, Any] | None:
-    """The response, or None when the request is not for this lane (nothing was written)."""
+async def run(appliance: Appliance, principal: Principal, schema: GraphQLSchema,
+              document_id: str, operation_name: str | None,
+              variables: Mapping[str, Any] | None, request_id: str) -> dict[str, Any] | None:
+    """The response, or None when the request is not for this lane (nothing was written).
+    Runs on the server's event loop: one statement, then the audit entries' group commit."""
     connections = appliance.raw_connections
     if connections is None or appliance.unguarded or principal.kind == "user":
         return None
@@ -284,13 +285,17 @@ def run(appliance: Appliance, principal: Principal, schema: GraphQLSchema, docum
         params["scope_team"] = principal.team
     if lean.own:
         params["scope_owner"] = principal.id
-    connection = connections.get()
+    connection = await connections.get()
     try:
-        rows = connection.execute(sql, params, binary=True).fetchall()
+        cursor = await connection.execute(sql, params, binary=True)
+        rows = await cursor.fetchall()
     except psycopg.Error:
-        connections.discard(connection)
+        connections.discard(connection)  # lost, timed out...: the usual path retries
         return None
-    connections.put(connection)
+    except BaseException:
+        connections.discard(connection)  # cancelled mid-statement: its state is unknown
+        raise
+    await connections.put(connection)
     head = rows[0]
     clients = head[lean.clients_at]
     clients = json.loads(clients) if clients is not None else None
@@ -306,7 +311,8 @@ def run(appliance: Appliance, principal: Principal, schema: GraphQLSchema, docum
     except page_reader.NotPlain:
         return None
     entries = page_reader.read_entries(principal, request_id, reads)
-    appliance.audit_group.append(entries)  # durable before the answer leaves, or it raises
+    # Durable before the answer leaves, or this raises.
+    await appliance.loop_appender().append(entries)
     Counts.answered += 1
     query = schema.query_type
     data = {root.key: (query.name if root.name == "__typename" and query is not None

@@ -38,7 +38,7 @@ from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types import ExecutionContext
 from strawberry.types.graphql import OperationType
 
-from schema.compiled import BadVariables, lean
+from schema.compiled import BadVariables
 from schema.compiled import run as run_compiled
 from schema.compiled.cache import PLANS
 from schema.context import CLIENT_ACTIVE, RequestContext, unit_of_work
@@ -253,14 +253,6 @@ def execute(appliance: Appliance, principal: Principal, document: str | None,
     schema = schema_for(introspection="admin" in principal.roles, limits=limits)
     timeout = appliance.settings.statement_timeout_ms
     postgres = appliance.engine.dialect.name == "postgresql"
-    if compiled and postgres and document_id is not None and document is None \
-            and admit is not None:
-        # The lean lane (schema.compiled.lean) checks what `admit` checks for an API client
-        # in its one statement, and answers only the plain case; otherwise it wrote nothing.
-        answer = lean.run(appliance, principal, schema._schema, document_id, operation_name,
-                          variables, request_id)
-        if answer is not None:
-            return answer
     delay = 0.05
     for attempt in range(1, _ATTEMPTS + 1):
         prefetched: dict[str, Any] = {}
