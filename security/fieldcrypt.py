@@ -12,10 +12,11 @@ the same opaque `FieldDecryptionError`.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import struct
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 FORMAT = 1
 _HEADER = struct.Struct(">BI")
 _NONCE_BYTES = 12
-assert _HEADER.size == 5 and _NONCE_BYTES == 12  # written out in `open_row`
+assert _HEADER.size == 5 and _NONCE_BYTES == 12  # written out in `open_column`
 KEY_BYTES = 32
 
 
@@ -107,24 +108,45 @@ def open_at(key_for: Callable[[str, int], PreparedKey | None], where: bytes, row
     return plaintext.decode("utf-8")
 
 
-def open_row(aead: PreparedKey, row_id: str, version: int, values: list[Any],
-             sealed_at: Iterable[tuple[int, bytes]]) -> None:
-    """Open, in place, the sealed values of one row whose subject key is in hand (a lean
-    page): `values[index]` for each (index, `place`) of `sealed_at`, None left as None. Each
-    must be sealed under `version`, the row's own key version. Same associated data as
-    `open_sealed`, same opaque error."""
+def row_places(ids: Sequence[str], versions: Sequence[int]) -> tuple[list[bytes], list[bytes]]:
+    """For rows of these ids and key versions: each one's sealed-value header and the end of
+    its associated data, as `open_column` takes them (worked out once per row, not per value)."""
+    headers = list(map(_HEADER.pack, itertools.repeat(FORMAT, len(versions)), versions))
+    suffixes = [b"%s\x00%d" % (row_id.encode(), version)
+                for row_id, version in zip(ids, versions, strict=True)]
+    return headers, suffixes
+
+
+def open_column(keys: Sequence[PreparedKey | None], headers: Sequence[bytes],
+                suffixes: Sequence[bytes], where: bytes, blobs: Sequence[bytes | None],
+                ) -> list[str | None]:
+    """Open one column of a page: blob i under key i, sealed at `where` (`place`) in row i
+    (`row_places`), under that row's own key version. None stays None. Same associated data as
+    `open_sealed`; any value that does not open raises the same opaque error."""
     # Offsets written out (header 5 bytes, nonce 12, tag 16): this runs for every sealed
-    # value of a page.
-    header = _HEADER.pack(FORMAT, version)
-    suffix = b"%s\x00%d" % (row_id.encode(), version)
-    decrypt = aead.decrypt
+    # value of a page, so the usual column (every value present) is opened by C loops.
+    if None in blobs or None in keys:
+        return [None if blob is None else _open_one(key, header, suffix, where, blob)
+                for key, header, suffix, blob in zip(keys, headers, suffixes, blobs,
+                                                     strict=True)]
+    present = cast(Sequence[bytes], blobs)
+    prepared = cast(Sequence[PreparedKey], keys)
+    if [blob[:5] for blob in present] != headers or min(map(len, present), default=33) < 33:
+        raise FieldDecryptionError()
     try:
-        for index, where in sealed_at:
-            blob = values[index]
-            if blob is not None:
-                if blob[:5] != header or len(blob) < 33:
-                    raise FieldDecryptionError()
-                values[index] = decrypt(blob[5:17], blob[17:], where + suffix).decode()
+        opened = list(map(AESGCM.decrypt, prepared, [blob[5:17] for blob in present],
+                          [blob[17:] for blob in present], map(where.__add__, suffixes)))
+    except InvalidTag:
+        raise FieldDecryptionError() from None
+    return list(map(bytes.decode, opened))
+
+
+def _open_one(key: PreparedKey | None, header: bytes, suffix: bytes, where: bytes,
+              blob: bytes) -> str:
+    if key is None or blob[:5] != header or len(blob) < 33:
+        raise FieldDecryptionError()
+    try:
+        return key.decrypt(blob[5:17], blob[17:], where + suffix).decode()
     except InvalidTag:
         raise FieldDecryptionError() from None
 

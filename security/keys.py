@@ -150,6 +150,22 @@ class KeyRing:
         known[(version, wrapped)] = (key, prepared, now + OPENED_SUBJECT_KEY_SECONDS)
         return key, prepared
 
+    def prepared_subject_keys(self, subjects: Iterable[tuple[str, int, bytes]],
+                              ) -> list[PreparedKey]:
+        """`open_subject_key`'s prepared keys for many (subject, version, wrapped key) at once
+        (a page of rows), with the same reuse."""
+        now = time.monotonic()
+        opened = self._opened
+        out = []
+        for subject_id, version, wrapped in subjects:
+            known = opened.get(subject_id)
+            found = known.get((version, wrapped)) if known is not None else None
+            if found is not None and found[2] > now:
+                out.append(found[1])
+            else:
+                out.append(self.open_subject_key(subject_id, version, wrapped)[1])
+        return out
+
     def forget_subject(self, subject_id: str) -> None:
         """Drop the opened keys of a subject (its keys are being destroyed)."""
         self._opened.pop(subject_id, None)

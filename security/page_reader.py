@@ -25,7 +25,7 @@ from typing import Any
 from security.audit import AuditEntry
 from security.authz import READ, Decision, PolicySnapshot
 from security.classification import mask_value
-from security.fieldcrypt import open_row, place
+from security.fieldcrypt import open_column, place, row_places
 from security.keys import KeyRing
 from security.principal import Principal
 
@@ -68,38 +68,45 @@ def field_steps(policy: PolicySnapshot, roles: Sequence[str], object_type: str,
     return steps
 
 
-def row_reader(keyring: KeyRing, steps: Sequence[FieldStep], columns: Sequence[int], *,
-               id_at: int, version_at: int, wrapped_at: int,
-               ) -> Callable[[Sequence[Any]], list[Any]]:
-    """Read the steps' fields from raw rows: `columns[i]` is where step i's value sits in the
-    row; `id_at`, `version_at` and `wrapped_at` where the row's id, key version and current
-    wrapped subject key sit. Returns the values in step order, opened and masked."""
-    get_all = (operator.itemgetter(*columns) if len(columns) > 1
-               else (lambda row: (row[columns[0]],)) if columns else (lambda row: ()))
+def column_reader(keyring: KeyRing, steps: Sequence[FieldStep], columns: Sequence[int], *,
+                  id_at: int, version_at: int, wrapped_at: int,
+                  ) -> Callable[[Sequence[Sequence[Any]]], list[list[Any]]]:
+    """Read the steps' fields of a page of raw rows, column by column: `columns[i]` is where
+    step i's value sits in a row; `id_at`, `version_at` and `wrapped_at` where the row's id,
+    key version and current wrapped subject key sit. Returns one list per step, in row order,
+    opened and masked."""
+    getters = [operator.itemgetter(column) for column in columns]
     sealed_at = [(index, step.where) for index, step in enumerate(steps)
                  if step.where is not None]
     masked_at = [(index, step.mask) for index, step in enumerate(steps)
                  if step.mask is not None]
-    open_key = keyring.open_subject_key
+    get_id, get_version = operator.itemgetter(id_at), operator.itemgetter(version_at)
+    get_wrapped = operator.itemgetter(wrapped_at)
 
-    def read(row: Sequence[Any]) -> list[Any]:
-        out = list(get_all(row))
-        if sealed_at:
+    def read(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+        out = [list(map(get, rows)) for get in getters]
+        if sealed_at and rows:
             try:
-                version, wrapped = row[version_at], row[wrapped_at]
-                if wrapped is None or version is None:
-                    if any(out[index] is not None for index, _ in sealed_at):
-                        raise NotPlain()
-                else:
-                    row_id = row[id_at]
-                    open_row(open_key(row_id, version, wrapped)[1], row_id, version, out,
-                             sealed_at)
+                ids = list(map(get_id, rows))
+                versions = list(map(get_version, rows))
+                wrapped = list(map(get_wrapped, rows))
+                if None not in versions and None not in wrapped:
+                    keys: list[Any] = keyring.prepared_subject_keys(
+                        zip(ids, versions, wrapped, strict=True))
+                else:  # rows that hold nothing sealed yet have no key (and no sealed value)
+                    keys = [None if version is None or key is None
+                            else keyring.prepared_subject_keys([(row_id, version, key)])[0]
+                            for row_id, version, key in zip(ids, versions, wrapped,
+                                                            strict=True)]
+                    versions = [version or 0 for version in versions]
+                headers, suffixes = row_places(ids, versions)
+                for index, where in sealed_at:
+                    out[index] = open_column(keys, headers, suffixes, where, out[index])
             except Exception as exc:  # noqa: BLE001 - any doubt: the guard's path decides
                 raise NotPlain() from exc
         for index, mask in masked_at:
-            value = out[index]
-            if value is not None:
-                out[index] = mask_value(mask, str(value))
+            out[index] = [None if value is None else mask_value(mask, str(value))
+                          for value in out[index]]
         return out
     return read
 

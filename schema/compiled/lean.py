@@ -22,9 +22,11 @@ nothing, and the request runs the usual way, which answers, refuses and audits e
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,32 +87,49 @@ def _shape(plan: Plan) -> _Shape | None:
     return _Shape(root, leaves, account)
 
 
-def _leaf_writer(leaves: Sequence[Leaf], first_value: int,
-                 ) -> tuple[Callable[[Any, list[Any]], dict[str, Any]], list[str]]:
-    """How to write one record's leaves from its id and the reader's values (the fields in
-    leaf order from `first_value` on), and the guard field names those values are."""
-    names = [leaf.name for leaf in leaves if leaf.kind == "field"]
-    id_keys = [leaf.key for leaf in leaves if leaf.kind == "id"]
-    simple = (not any(leaf.kind == "typename" for leaf in leaves)
-              and not any(leaf.is_datetime for leaf in leaves)
-              and len(id_keys) <= 1 and all(leaf.kind == "field" for leaf in leaves[1:])
-              and (not id_keys or leaves[0].kind == "id"))
-    field_keys = [leaf.key for leaf in leaves if leaf.kind == "field"]
-    id_key = id_keys[0] if id_keys else None
-    steps: list[tuple[str, int, Any]] = []
-    index = first_value
-    for leaf in leaves:
-        if leaf.kind == "field":
-            steps.append((leaf.key, 1 if leaf.is_datetime else 0, index))
-            index += 1
-        elif leaf.kind == "id":
-            steps.append((leaf.key, 2, 0))
-        else:
-            steps.append((leaf.key, 3, leaf.name))
+class _Writer:
+    """How to write the records of one selection (the node's leaves up to the account, or the
+    account's) from their ids and the reader's columns (the fields, in leaf order)."""
 
-    def careful(record_id: Any, values: list[Any]) -> dict[str, Any]:
+    def __init__(self, leaves: Sequence[Leaf]) -> None:
+        #: The guard fields the reader reads, in leaf order.
+        self.names = [leaf.name for leaf in leaves if leaf.kind == "field"]
+        id_keys = [leaf.key for leaf in leaves if leaf.kind == "id"]
+        field_keys = [leaf.key for leaf in leaves if leaf.kind == "field"]
+        #: The usual selection, [id] text fields: written by C loops (`zip`, `dict`).
+        self.keys: tuple[str, ...] | None = None
+        self.with_id = bool(id_keys)
+        if (not any(leaf.kind == "typename" or leaf.is_datetime for leaf in leaves)
+                and len(id_keys) <= 1 and (not id_keys or leaves[0].kind == "id")):
+            self.keys = (*id_keys, *field_keys)
+        self.steps: list[tuple[str, int, Any]] = []
+        index = 0
+        for leaf in leaves:
+            if leaf.kind == "field":
+                self.steps.append((leaf.key, 1 if leaf.is_datetime else 0, index))
+                index += 1
+            elif leaf.kind == "id":
+                self.steps.append((leaf.key, 2, 0))
+            else:
+                self.steps.append((leaf.key, 3, leaf.name))
+
+    def write(self, ids: list[Any], columns: list[list[Any]]) -> list[dict[str, Any]]:
+        """The records, from their ids and the field columns (`columns[:len(names)]`)."""
+        fields = columns[:len(self.names)]
+        if self.keys is not None and all(_PLAIN.issuperset(map(type, column))
+                                         for column in fields):
+            if not self.keys:
+                return [{} for _ in ids]
+            values = (zip(ids, *fields, strict=True) if self.with_id
+                      else zip(*fields, strict=True))
+            return list(map(dict, map(functools.partial(zip, self.keys), values)))
+        rows = zip(*fields, strict=True) if fields else [()] * len(ids)
+        return [self._careful(record_id, values)
+                for record_id, values in zip(ids, rows, strict=True)]
+
+    def _careful(self, record_id: Any, values: Sequence[Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for key, kind, extra in steps:
+        for key, kind, extra in self.steps:
             if kind == 0:
                 value = values[extra]
                 if value is not None and type(value) is not str:
@@ -124,19 +143,6 @@ def _leaf_writer(leaves: Sequence[Leaf], first_value: int,
             else:
                 out[key] = extra
         return out
-
-    if not simple:
-        return careful, names
-    end = first_value + len(field_keys)
-
-    def write(record_id: Any, values: list[Any]) -> dict[str, Any]:
-        fields = values[first_value:end]
-        if not _PLAIN.issuperset(map(type, fields)):
-            return careful(record_id, values)
-        out: dict[str, Any] = {id_key: record_id} if id_key is not None else {}
-        out.update(zip(field_keys, fields, strict=True))
-        return out
-    return write, names
 
 
 class _Lean:
@@ -168,34 +174,31 @@ class _Lean:
         self.keys_at, self.policy_at = at["keys_version"], at["policy_version"]
         self.client_at, self.clients_at = at["client_active"], at["document_clients"]
         self.id_at = at["id"]
-        node_writer, node_fields = _leaf_writer(shape.leaves, 0)
-        contact_fields = [*node_fields, *(["account"] if shape.account else [])]
+        self.node = _Writer(shape.leaves)
+        contact_fields = [*self.node.names, *(["account"] if shape.account else [])]
         contact_steps = page_reader.field_steps(policy, roles, "contact", contact_fields)
         if contact_steps is None:
             return
         self.contact_labels = page_reader.audit_labels(contact_steps)
-        self.read_contact = page_reader.row_reader(
+        self.read_contacts = page_reader.column_reader(
             appliance.keyring, contact_steps, [at[step.attribute] for step in contact_steps],
             id_at=self.id_at, version_at=at["key_version"], wrapped_at=at["current_wrapped_key"])
-        self.write_node = node_writer
         self.account_key: str | None = None
         if shape.account is not None:
-            account_writer, account_fields = _leaf_writer(shape.account.children, 0)
-            account_steps = page_reader.field_steps(policy, roles, "account", account_fields)
+            self.account = _Writer(shape.account.children)
+            account_steps = page_reader.field_steps(policy, roles, "account", self.account.names)
             if account_steps is None or any(step.where is not None for step in account_steps):
                 return  # an account's sealed fields need its own key: not on this lane
             self.account_key = shape.account.key
             self.account_labels = page_reader.audit_labels(account_steps)
             self.account_id_at, self.joined_id_at = at["account_id"], at["acc__id"]
-            self.account_in_scope_at = (at["acc__team"], at["acc__owner"])
-            self.read_account = page_reader.row_reader(
+            self.account_team_at, self.account_owner_at = at["acc__team"], at["acc__owner"]
+            self.read_accounts = page_reader.column_reader(
                 appliance.keyring, account_steps,
                 [at[f"acc__{step.attribute}"] for step in account_steps],
                 id_at=self.joined_id_at, version_at=at["acc__key_version"],
                 wrapped_at=self.joined_id_at)
-            self.write_account = account_writer
             self.account_rule = record_rule(policy.scopes(roles, "account", READ), principal)
-            self.account_value_at = len(contact_steps) - 1
         self.ok = True
 
     def _combined(self, keyset: bool) -> Any:
@@ -322,43 +325,39 @@ async def run(appliance: Appliance, principal: Principal, schema: GraphQLSchema,
 
 def _answer(plan: Plan, shape: _Shape, lean: _Lean, rows: list[Any], size: int,
             has_previous: bool) -> tuple[dict[str, Any], list[Any]]:
+    """The connection and what the page read (for the audit), column by column: the
+    per-row work is in C loops wherever the selection allows."""
     page = rows[:size]
-    id_at = lean.id_at
-    read_contact, write_node = lean.read_contact, lean.write_node
-    account_key = lean.account_key
-    contact_ids: list[str] = []
-    account_ids: dict[str, None] = {}
-    nodes = []
-    for row in page:
-        record_id = row[id_at]
-        values = read_contact(row)
-        node = write_node(record_id, values)
-        if account_key is not None:
-            node[account_key] = _account(lean, row, values, account_ids)
-        contact_ids.append(record_id)
-        nodes.append(node)
+    ids = list(map(operator.itemgetter(lean.id_at), page))
+    columns = lean.read_contacts(page)
+    nodes = lean.node.write(ids, columns)
     # The guard notes a row's contact fields before its account's (the account is the node's
     # last leaf), so the contact entry comes first whenever both are written.
-    reads: list[Any] = [("contact", contact_ids, lean.contact_labels)]
+    reads: list[Any] = [("contact", ids, lean.contact_labels)]
+    account_key = lean.account_key
     if account_key is not None:
+        # The account id as the caller reads it (`contact.account`, the reader's last column),
+        # the joined account's id and the stored one: the same, or the usual path answers
+        # (an account gone since, or an id masked).
+        read_ids = columns[-1]
+        joined = list(map(operator.itemgetter(lean.joined_id_at), page))
+        stored = list(map(operator.itemgetter(lean.account_id_at), page))
+        if read_ids != stored or joined != stored:
+            raise page_reader.NotPlain()
+        rule = lean.account_rule
+        accounts = lean.account.write(joined, lean.read_accounts(page))
+        account_ids: dict[str, None] = {}
+        for node, account, account_id, team, owner in zip(
+                nodes, accounts, joined, map(operator.itemgetter(lean.account_team_at), page),
+                map(operator.itemgetter(lean.account_owner_at), page), strict=True):
+            if account_id is not None and rule(team, owner):
+                node[account_key] = account
+                account_ids[account_id] = None
+            else:
+                node[account_key] = None
         reads.append(("account", account_ids, lean.account_labels))
-    return _connection(shape.root, page, nodes, id_at, len(rows) > size, has_previous), reads
-
-
-def _account(lean: _Lean, row: Any, values: list[Any],
-             account_ids: dict[str, None]) -> dict[str, Any] | None:
-    account_id = values[lean.account_value_at]
-    if account_id is None:
-        return None
-    joined = row[lean.joined_id_at]
-    if joined is None or joined != account_id or joined != row[lean.account_id_at]:
-        raise page_reader.NotPlain()  # gone since, or masked: the usual path answers
-    team_at, owner_at = lean.account_in_scope_at
-    if not lean.account_rule(row[team_at], row[owner_at]):
-        return None
-    if lean.account_labels:
-        account_ids[joined] = None
-    return lean.write_account(joined, lean.read_account(row))
+    return _connection(shape.root, page, nodes, lean.id_at, len(rows) > size,
+                       has_previous), reads
 
 
 def _connection(root: RootPlan, page: list[Any], nodes: list[dict[str, Any]], id_at: int,
