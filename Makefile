@@ -49,6 +49,12 @@ bench-trusted: $(TEST_STAMP)
 bench-opcodes: $(TEST_STAMP)
 	$(BIN)/python bench/trusted_opcodes.py $(BENCH_ARGS)
 
+# This checkout's trusted read against other revisions, side by side in one run (BENCH_ARGS=
+# "--rev REV"): the way to see what a change does on a shared, noisy machine.
+.PHONY: bench-ab
+bench-ab: $(TEST_STAMP)
+	$(BIN)/python bench/trusted_ab.py $(BENCH_ARGS)
+
 # The wheelhouse the appliance installs from, offline: Enclave's wheel and every dependency's, for
 # the Python of the machine that runs this (Debian 12's 3.11 on x86-64 for the appliance).
 dist: $(BIN)/python

@@ -190,19 +190,28 @@ def _append_params(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return params
 
 
+class NotWritten(Exception):
+    """`append_plain` failed before it wrote anything (its connection, say): append the
+    entries another way."""
+
+
 def append_plain(connection: Any, entries: Sequence[AuditEntry], *,
                  dialect: Any) -> list[int] | None:
     """`append` on a plain DB-API connection to PostgreSQL (not in autocommit mode), in a
     transaction of its own that this commits: the same head lock, rows and hashes in two
     statements, for the usual case. When a checkpoint falls due within these entries, or they
     are more than one statement takes, it writes nothing and answers None: the caller then
-    appends them with `append`, which signs the checkpoint."""
+    appends them with `append`, which signs the checkpoint. Raises `NotWritten` when its first
+    statement fails (nothing was written: the caller may append them another way)."""
     if not entries or len(entries) > _APPEND_MAX:
         return None
     head_sql, head_params = _head_sql(dialect)
     cursor = connection.cursor()
     try:
-        cursor.execute(head_sql, head_params)
+        try:
+            cursor.execute(head_sql, head_params)
+        except Exception as exc:  # e.g. a connection the server closed while it sat idle
+            raise NotWritten() from exc
         seq, prev_hash, due = cursor.fetchone()
         if seq + len(entries) >= due:
             connection.rollback()

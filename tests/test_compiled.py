@@ -83,6 +83,11 @@ def _seed(appliance: Appliance) -> dict[str, list[str]]:
 
 @pytest.fixture
 def world(appliance: Appliance, caller: Any) -> dict[str, Any]:
+    return make_world(appliance, caller)
+
+
+def make_world(appliance: Appliance, caller: Any) -> dict[str, Any]:
+    """Seeded records, a caller per role, every document registered for all of them."""
     ids = _seed(appliance)
     callers = {role: caller(role, team="east") for role in ROLES}
     callers["sales_rep_nt"] = caller("sales_rep")  # no team
