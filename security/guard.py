@@ -1,4 +1,6 @@
-"""The guard: the one place where a sealed field becomes plaintext.
+"""The guard: the one place where a sealed field becomes plaintext (the lean lane's pages of
+plain tuples are opened by its sibling `security.page_reader`, with the same decisions,
+associated data, masks and audit labels; docs/security-kernel.md).
 
 For every field read it (a) takes the policy decision (memoised per policy version), (b) records
 the access for the audit log, (c) opens the sealed value with the data subject's key. Writes go

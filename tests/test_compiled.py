@@ -212,9 +212,8 @@ def test_a_policy_change_applies_to_the_next_compiled_request(appliance: Applian
     assert a == b
 
 
-def test_a_moved_ciphertext_fails_the_same(appliance: Appliance, world: dict[str, Any]) -> None:
-    """A sealed value copied onto another row does not open on either path: the same null,
-    the same DATA_INTEGRITY error at the same path, the same audit entries."""
+def move_email(appliance: Appliance, world: dict[str, Any]) -> None:
+    """Copy the first contact's sealed email onto the second contact's row."""
     from sqlalchemy import text
     first, second = world["ids"]["contact"][:2]
     with appliance.engine.begin() as connection:
@@ -222,6 +221,12 @@ def test_a_moved_ciphertext_fails_the_same(appliance: Appliance, world: dict[str
                                   {"id": first}).scalar_one()
         connection.execute(text("UPDATE contacts SET email = :blob WHERE id = :id"),
                            {"blob": blob, "id": second})
+
+
+def test_a_moved_ciphertext_fails_the_same(appliance: Appliance, world: dict[str, Any]) -> None:
+    """A sealed value copied onto another row does not open on either path: the same null,
+    the same DATA_INTEGRITY error at the same path, the same audit entries."""
+    move_email(appliance, world)
     for body in DOCUMENTS[:3]:
         who = world["callers"]["sales_manager"]
         a, b = _both(appliance, who, body, world["docs"][body], {"first": 10})

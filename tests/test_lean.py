@@ -28,7 +28,7 @@ from security.authz import Rule
 from security.classification import OBJECTS
 from storage.models import AuditEvent
 from tests.conftest import operator
-from tests.test_compiled import DOCUMENTS, _both, make_world
+from tests.test_compiled import DOCUMENTS, _both, make_world, move_email
 
 pytestmark = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 
@@ -78,12 +78,7 @@ def test_a_moved_ciphertext_is_left_to_the_guard(appliance: Appliance,
                                                  world: dict[str, Any]) -> None:
     """The lane does not answer a page holding a value that does not open: the guard's path
     does, with DATA_INTEGRITY for that field and the rest of the page intact."""
-    first, second = world["ids"]["contact"][:2]
-    with appliance.engine.begin() as connection:
-        blob = connection.execute(text("SELECT email FROM contacts WHERE id = :id"),
-                                  {"id": first}).scalar_one()
-        connection.execute(text("UPDATE contacts SET email = :blob WHERE id = :id"),
-                           {"blob": blob, "id": second})
+    move_email(appliance, world)
     who = world["callers"]["sales_manager"]
     before = lean.Counts.answered
     compiled, ordinary = _both(appliance, who, BENCH, world["docs"][BENCH], {})
