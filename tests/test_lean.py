@@ -74,6 +74,31 @@ def test_the_plain_case_is_answered_by_the_lean_lane_as_the_ordinary_path_answer
     assert entries[-1].fields == entries[-2].fields
 
 
+def test_filtered_pages_are_answered_and_a_refused_filter_is_left_to_the_guard(
+        appliance: Appliance, world: dict[str, Any]) -> None:
+    body = DOCUMENTS[2]  # contacts(first, after, filter)
+    ids = world["ids"]
+    manager = world["callers"]["sales_manager"]
+    for contact_filter in ({"accountId": ids["account"][0]}, {"owner": "r-east"},
+                           {"email": ids["email"][1]}, {"phone": "+1 555 0101"},
+                           {"accountId": ids["account"][1], "owner": "r-east"}):
+        before = lean.Counts.answered
+        compiled, ordinary = _both(appliance, manager, body, world["docs"][body],
+                                   {"filter": contact_filter, "first": 5})
+        assert lean.Counts.answered == before + 1, contact_filter
+        assert compiled == ordinary
+    # A caller who may not read a field may not search by it either: refused and audited by
+    # the usual path, the same bytes.
+    email = OBJECTS["contact"].field("email").classification.policy_name
+    with unit_of_work(appliance, operator("admin")) as ctx:
+        policies.revoke(ctx, Rule("sales_manager", "contact", email, "read"))
+    before = lean.Counts.answered
+    compiled, ordinary = _both(appliance, manager, body, world["docs"][body],
+                               {"filter": {"email": ids["email"][1]}})
+    assert lean.Counts.answered == before
+    assert compiled == ordinary and b"FORBIDDEN" in compiled
+
+
 def test_a_moved_ciphertext_is_left_to_the_guard(appliance: Appliance,
                                                  world: dict[str, Any]) -> None:
     """The lane does not answer a page holding a value that does not open: the guard's path

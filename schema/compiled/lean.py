@@ -1,7 +1,7 @@
 """The lean lane: a compiled page of contacts read in one statement, with no ORM and no
 transaction, on PostgreSQL.
 
-For a registered document whose plan is one `contacts(first, after)` connection (any
+For a registered document whose plan is one `contacts(first, after, filter)` connection (any
 selection of contact fields, the nested account last, cursors, page info, `__typename`s), and
 a caller every one of whose fields is granted in full or masked, the whole request is one
 SELECT on a plain autocommit connection (storage.raw_connections): the prelude every request
@@ -13,10 +13,10 @@ is written straight from the tuples, and the read's audit entries go through the
 (durable before the answer leaves), as the compiled runner's do.
 
 The lane answers only when everything is the plain case. Anything else, found before or after
-the statement (a plan of another shape, a filter, bad variables, a policy or key version this
-process has not loaded, a revoked client, a document not bound to the caller, a field that
-does not open, an account outside the join, a lost connection) returns None having written
-nothing, and the request runs the usual way, which answers, refuses and audits exactly
+the statement (a plan of another shape, a filter on a field the caller may not read, bad
+variables, a policy or key version this process has not loaded, a revoked client, a document
+not bound to the caller, a field that does not open, an account outside the join, a lost
+connection) returns None having written nothing, and the request runs the usual way, which answers, refuses and audits exactly
 (tests/test_compiled.py holds all three paths to the same bytes and the same audit entries).
 """
 
@@ -42,13 +42,18 @@ from schema.ops import validation
 from schema.prelude import prelude_statement
 from schema.runtime import Appliance
 from security import page_reader
-from security.authz import READ, PolicySnapshot
+from security.authz import READ, Decision, PolicySnapshot
+from security.blindindex import blind_index
 from security.errors import EnclaveError
 from security.guard import record_rule
+from security.keys import BLIND_INDEX
 from security.principal import Principal
 from storage.columns import UTCDateTime
 
 _NOT_LEAN = False
+#: Which of the contact filters a page statement applies: accountId, owner, email, phone.
+_Filters = tuple[bool, bool, bool, bool]
+_NO_FILTER: _Filters = (False, False, False, False)
 _PLAIN = frozenset({str, type(None)})
 _to_utc = UTCDateTime().process_result_value
 #: Lean plans kept per compiled plan (role sets x policy versions x keys versions).
@@ -165,8 +170,8 @@ class _Lean:
                                 if root.joins_account else None)
         self.scope = (everyone, self.team, self.own)
         self.appliance = appliance
-        self._statements: dict[bool, tuple[str, dict[str, Any]]] = {}
-        sample = self._combined(False)
+        self._statements: dict[tuple[bool, _Filters], tuple[str, dict[str, Any]]] = {}
+        sample = self._combined(False, _NO_FILTER)
         names = list(sample.selected_columns.keys())
         at = {name: index for index, name in enumerate(names)}
         if len(at) != len(names):
@@ -201,21 +206,22 @@ class _Lean:
             self.account_rule = record_rule(policy.scopes(roles, "account", READ), principal)
         self.ok = True
 
-    def _combined(self, keyset: bool) -> Any:
+    def _combined(self, keyset: bool, filters: _Filters) -> Any:
         pre = prelude_statement(False, True, True).subquery("pre")
         page = page_statement(self.contact_columns, self.account_columns, self.scope,
-                              (False, False, False, False), keyset).lateral("p")
+                              filters, keyset).lateral("p")
         # The prelude's columns repeat on every row: the clients come as text, parsed once.
         prelude = [cast(column, Text).label(column.name) if column.name == "document_clients"
                    else column for column in pre.c]
         return (select(*prelude, *page.c).select_from(pre).outerjoin(page, true())
                 .order_by(page.c.id))
 
-    def statement(self, keyset: bool) -> tuple[str, dict[str, Any]]:
-        found = self._statements.get(keyset)
+    def statement(self, keyset: bool, filters: _Filters) -> tuple[str, dict[str, Any]]:
+        found = self._statements.get((keyset, filters))
         if found is None:
-            compiled = self._combined(keyset).compile(dialect=self.appliance.engine.dialect)
-            found = self._statements[keyset] = (str(compiled), dict(compiled.params))
+            compiled = self._combined(keyset, filters).compile(
+                dialect=self.appliance.engine.dialect)
+            found = self._statements[(keyset, filters)] = (str(compiled), dict(compiled.params))
         return found
 
 
@@ -270,15 +276,15 @@ async def run(appliance: Appliance, principal: Principal, schema: GraphQLSchema,
     except BadVariables:
         return None
     args = next(a for r, a in zip(plan.roots, arguments, strict=True) if r is shape.root)
-    if args.get("filter"):
-        return None
     try:
         size = validation.page_size(args.get("first"))
         after_id = validation.decode_cursor(args.get("after"))
-    except EnclaveError:
+        filters, filter_params = _filter(appliance, principal, policy, args.get("filter") or {})
+    except (EnclaveError, _Refused):
         return None
-    sql, defaults = lean.statement(after_id is not None)
+    sql, defaults = lean.statement(after_id is not None, filters)
     params = dict(defaults)
+    params.update(filter_params)
     params["size"] = size + 1
     params["client_id"] = principal.id
     params["document_id"] = document_id
@@ -321,6 +327,37 @@ async def run(appliance: Appliance, principal: Principal, schema: GraphQLSchema,
     data = {root.key: (query.name if root.name == "__typename" and query is not None
                        else answer) for root in plan.roots}
     return {"data": data}
+
+
+class _Refused(Exception):
+    """A filter on a field the caller may not read: the usual path refuses it (audited)."""
+
+
+def _filter(appliance: Appliance, principal: Principal, policy: PolicySnapshot,
+            given: Mapping[str, Any]) -> tuple[_Filters, dict[str, Any]]:
+    """Which of the page statement's filters apply, and their parameters, as
+    `schema.compiled.sql.contacts_page` works them out (the same checks, the same values)."""
+    account_id, owner = given.get("accountId"), given.get("owner")
+    email, phone = given.get("email"), given.get("phone")
+    searched = [name for name, value in (("account", account_id), ("owner", owner),
+                                         ("email", email), ("phone", phone)) if value is not None]
+    if any(policy.field(principal.roles, "contact", name, READ) is Decision.DENY
+           for name in searched):
+        raise _Refused()
+    params: dict[str, Any] = {}
+    if account_id is not None:
+        params["f_account"] = validation.record_id("filter.accountId", account_id)
+    if owner is not None:
+        params["f_owner"] = owner
+    index_key = appliance.keyring.key(BLIND_INDEX) or b""
+    if email is not None:
+        params["f_email"] = blind_index(index_key, "email",
+                                        validation.email("filter.email", email) or "")
+    if phone is not None:
+        params["f_phone"] = blind_index(index_key, "phone",
+                                        validation.phone("filter.phone", phone) or "")
+    return (account_id is not None, owner is not None, email is not None,
+            phone is not None), params
 
 
 def _answer(plan: Plan, shape: _Shape, lean: _Lean, rows: list[Any], size: int,
