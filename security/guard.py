@@ -42,6 +42,7 @@ from security.fieldcrypt import (
     seal,
 )
 from security.keys import BLIND_INDEX, KeyRing
+from security.page_reader import read_entries
 from security.principal import Principal
 from storage.crm_models import Consent
 from storage.sealed import Sealed
@@ -452,19 +453,15 @@ class Guard:
             self.keyring.destroy_subject_keys(self.session, record.id, except_version=version)
 
     def search_index(self, kind: str, value: str) -> str:
-        return blind_index(self.keyring.key(BLIND_INDEX) or b"", kind, value)
+        return self.keyring.search_index(kind, value)
 
     # -- audit ------------------------------------------------------------------------------
 
     def audit_entries(self) -> list[AuditEntry]:
         """One entry per object type read, one per refusal; then forget them."""
-        entries = [
-            AuditEntry(actor=self.principal.actor, roles=self.principal.roles,
-                       action=f"{object_type}.read", object_type=object_type,
-                       object_ids=list(reads.ids), fields=list(reads.fields),
-                       decision="allow", request_id=self.request_id)
-            for object_type, reads in self._reads.items()
-        ]
+        entries = read_entries(self.principal, self.request_id,
+                               ((object_type, reads.ids, list(reads.fields))
+                                for object_type, reads in self._reads.items()))
         entries += [
             AuditEntry(actor=self.principal.actor, roles=self.principal.roles,
                        action=f"{object_type}.refused", object_type=object_type,

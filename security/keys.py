@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from security.blindindex import blind_index
 from security.errors import ConfigurationError
 from security.fieldcrypt import (
     FieldDecryptionError,
@@ -126,6 +127,10 @@ class KeyRing:
         if raw is None:
             raise ConfigurationError(f"no {purpose} key v{version}")
         return Ed25519PrivateKey.from_private_bytes(raw)
+
+    def search_index(self, kind: str, value: str) -> str:
+        """The blind index of a search value (what an indexed sealed field is matched by)."""
+        return blind_index(self.key(BLIND_INDEX) or b"", kind, value)
 
     # -- subject keys ---------------------------------------------------------------------
 

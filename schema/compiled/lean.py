@@ -16,8 +16,9 @@ The lane answers only when everything is the plain case. Anything else, found be
 the statement (a plan of another shape, a filter on a field the caller may not read, bad
 variables, a policy or key version this process has not loaded, a revoked client, a document
 not bound to the caller, a field that does not open, an account outside the join, a lost
-connection) returns None having written nothing, and the request runs the usual way, which answers, refuses and audits exactly
-(tests/test_compiled.py holds all three paths to the same bytes and the same audit entries).
+connection) returns None having written nothing, and the request runs the usual way, which
+answers, refuses and audits exactly (tests/test_compiled.py holds all three paths to the same
+bytes and the same audit entries).
 """
 
 from __future__ import annotations
@@ -37,23 +38,26 @@ from sqlalchemy import Text, cast, select, true
 from schema.compiled.cache import PLANS
 from schema.compiled.planner import Leaf, Plan, RootPlan
 from schema.compiled.runner import BadVariables, root_arguments
-from schema.compiled.sql import columns_needed, page_statement
+from schema.compiled.sql import (
+    Filters,
+    columns_needed,
+    filter_params,
+    page_statement,
+    scope_flags,
+    searched,
+)
 from schema.ops import validation
 from schema.prelude import prelude_statement
 from schema.runtime import Appliance
 from security import page_reader
 from security.authz import READ, Decision, PolicySnapshot
-from security.blindindex import blind_index
 from security.errors import EnclaveError
 from security.guard import record_rule
-from security.keys import BLIND_INDEX
 from security.principal import Principal
 from storage.columns import UTCDateTime
 
 _NOT_LEAN = False
-#: Which of the contact filters a page statement applies: accountId, owner, email, phone.
-_Filters = tuple[bool, bool, bool, bool]
-_NO_FILTER: _Filters = (False, False, False, False)
+_NO_FILTER: Filters = (False, False, False, False)
 _PLAIN = frozenset({str, type(None)})
 _to_utc = UTCDateTime().process_result_value
 #: Lean plans kept per compiled plan (role sets x policy versions x keys versions).
@@ -161,16 +165,14 @@ class _Lean:
         contact_scopes = policy.scopes(roles, "contact", READ)
         if not contact_scopes:
             return  # a refusal: the usual path words and audits it
-        everyone = "@all" in contact_scopes
-        self.team = not everyone and "@team" in contact_scopes and principal.team is not None
-        self.own = not everyone and "@own" in contact_scopes
+        self.scope = scope_flags(contact_scopes, principal)
+        _, self.team, self.own = self.scope
         root = shape.root
         self.contact_columns = columns_needed(policy, "contact", root.fields.get("contact", ()))
         self.account_columns = (columns_needed(policy, "account", root.fields.get("account", ()))
                                 if root.joins_account else None)
-        self.scope = (everyone, self.team, self.own)
         self.appliance = appliance
-        self._statements: dict[tuple[bool, _Filters], tuple[str, dict[str, Any]]] = {}
+        self._statements: dict[tuple[bool, Filters], tuple[str, dict[str, Any]]] = {}
         sample = self._combined(False, _NO_FILTER)
         names = list(sample.selected_columns.keys())
         at = {name: index for index, name in enumerate(names)}
@@ -206,7 +208,7 @@ class _Lean:
             self.account_rule = record_rule(policy.scopes(roles, "account", READ), principal)
         self.ok = True
 
-    def _combined(self, keyset: bool, filters: _Filters) -> Any:
+    def _combined(self, keyset: bool, filters: Filters) -> Any:
         pre = prelude_statement(False, True, True).subquery("pre")
         page = page_statement(self.contact_columns, self.account_columns, self.scope,
                               filters, keyset).lateral("p")
@@ -216,7 +218,7 @@ class _Lean:
         return (select(*prelude, *page.c).select_from(pre).outerjoin(page, true())
                 .order_by(page.c.id))
 
-    def statement(self, keyset: bool, filters: _Filters) -> tuple[str, dict[str, Any]]:
+    def statement(self, keyset: bool, filters: Filters) -> tuple[str, dict[str, Any]]:
         found = self._statements.get((keyset, filters))
         if found is None:
             compiled = self._combined(keyset, filters).compile(
@@ -279,12 +281,16 @@ async def run(appliance: Appliance, principal: Principal, schema: GraphQLSchema,
     try:
         size = validation.page_size(args.get("first"))
         after_id = validation.decode_cursor(args.get("after"))
-        filters, filter_params = _filter(appliance, principal, policy, args.get("filter") or {})
-    except (EnclaveError, _Refused):
+        contact_filter = args.get("filter") or {}
+        if any(policy.field(principal.roles, "contact", name, READ) is Decision.DENY
+               for name in searched(contact_filter)):
+            return None  # a search on what the caller may not read: refused the usual way
+        filters, filter_values = filter_params(contact_filter, appliance.keyring.search_index)
+    except EnclaveError:
         return None
     sql, defaults = lean.statement(after_id is not None, filters)
     params = dict(defaults)
-    params.update(filter_params)
+    params.update(filter_values)
     params["size"] = size + 1
     params["client_id"] = principal.id
     params["document_id"] = document_id
@@ -327,37 +333,6 @@ async def run(appliance: Appliance, principal: Principal, schema: GraphQLSchema,
     data = {root.key: (query.name if root.name == "__typename" and query is not None
                        else answer) for root in plan.roots}
     return {"data": data}
-
-
-class _Refused(Exception):
-    """A filter on a field the caller may not read: the usual path refuses it (audited)."""
-
-
-def _filter(appliance: Appliance, principal: Principal, policy: PolicySnapshot,
-            given: Mapping[str, Any]) -> tuple[_Filters, dict[str, Any]]:
-    """Which of the page statement's filters apply, and their parameters, as
-    `schema.compiled.sql.contacts_page` works them out (the same checks, the same values)."""
-    account_id, owner = given.get("accountId"), given.get("owner")
-    email, phone = given.get("email"), given.get("phone")
-    searched = [name for name, value in (("account", account_id), ("owner", owner),
-                                         ("email", email), ("phone", phone)) if value is not None]
-    if any(policy.field(principal.roles, "contact", name, READ) is Decision.DENY
-           for name in searched):
-        raise _Refused()
-    params: dict[str, Any] = {}
-    if account_id is not None:
-        params["f_account"] = validation.record_id("filter.accountId", account_id)
-    if owner is not None:
-        params["f_owner"] = owner
-    index_key = appliance.keyring.key(BLIND_INDEX) or b""
-    if email is not None:
-        params["f_email"] = blind_index(index_key, "email",
-                                        validation.email("filter.email", email) or "")
-    if phone is not None:
-        params["f_phone"] = blind_index(index_key, "phone",
-                                        validation.phone("filter.phone", phone) or "")
-    return (account_id is not None, owner is not None, email is not None,
-            phone is not None), params
 
 
 def _answer(plan: Plan, shape: _Shape, lean: _Lean, rows: list[Any], size: int,

@@ -11,7 +11,7 @@ so refusals and their audit entries are the same); the equivalence tests hold th
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import ColumnElement, bindparam, false, inspect, or_, select, true
@@ -22,6 +22,7 @@ from schema.ops import validation
 from schema.ops.contacts import OBJECT, _check_searchable
 from schema.ops.records import Page, scope_clause
 from security.authz import READ, PolicySnapshot
+from security.principal import Principal
 from storage.models import Account, Contact, SubjectKey
 
 _ACCOUNT = aliased(Account, name="acc")
@@ -62,8 +63,7 @@ class Record:
 
 
 def page_statement(contact_columns: tuple[str, ...], account_columns: tuple[str, ...] | None,
-               scope: tuple[bool, bool, bool], filters: tuple[bool, bool, bool, bool],
-               keyset: bool) -> Any:
+                   scope: tuple[bool, bool, bool], filters: Filters, keyset: bool) -> Any:
     """The page statement for one shape, built once: every value (scope, filter, keyset,
     limit) is a bind parameter, so SQLAlchemy's compiled form and cache key are reused."""
     key = (contact_columns, account_columns, scope, filters, keyset)
@@ -114,32 +114,53 @@ def page_statement(contact_columns: tuple[str, ...], account_columns: tuple[str,
     return found
 
 
-def contacts_page(ctx: RequestContext, *, first: int | None, after: str | None,
-                  contact_filter: dict[str, Any], contact_columns: tuple[str, ...],
-                  account_columns: tuple[str, ...] | None) -> tuple[Page[Any], dict[str, Any]]:
-    """The page, and the joined accounts by id (None: absent or outside the caller's scope)."""
+#: Which of the contact filters a page statement applies: accountId, owner, email, phone.
+Filters = tuple[bool, bool, bool, bool]
+_FILTERED = (("accountId", "account"), ("owner", "owner"), ("email", "email"),
+             ("phone", "phone"))
+
+
+def searched(contact_filter: Mapping[str, Any]) -> list[str]:
+    """The contact fields a filter searches (a caller may search only what it may read)."""
+    return [name for key, name in _FILTERED if contact_filter.get(key) is not None]
+
+
+def filter_params(contact_filter: Mapping[str, Any], search_index: Callable[[str, str], str],
+                  ) -> tuple[Filters, dict[str, Any]]:
+    """Which filters the page statement applies, and their parameters, validated (email and
+    phone matched by their blind index); raises BadUserInput."""
     account_id, owner = contact_filter.get("accountId"), contact_filter.get("owner")
     email, phone = contact_filter.get("email"), contact_filter.get("phone")
-    _check_searchable(ctx, [name for name, value in (("account", account_id), ("owner", owner),
-                                                     ("email", email), ("phone", phone))
-                            if value is not None])
     params: dict[str, Any] = {}
     if account_id is not None:
         params["f_account"] = validation.record_id("filter.accountId", account_id)
     if owner is not None:
         params["f_owner"] = owner
     if email is not None:
-        params["f_email"] = ctx.guard.search_index(
-            "email", validation.email("filter.email", email) or "")
+        params["f_email"] = search_index("email", validation.email("filter.email", email) or "")
     if phone is not None:
-        params["f_phone"] = ctx.guard.search_index(
-            "phone", validation.phone("filter.phone", phone) or "")
+        params["f_phone"] = search_index("phone", validation.phone("filter.phone", phone) or "")
+    return (account_id is not None, owner is not None, email is not None,
+            phone is not None), params
+
+
+def scope_flags(scopes: frozenset[str], principal: Principal) -> tuple[bool, bool, bool]:
+    """The page statement's record rules (everyone, own team, own records) for `scopes`."""
+    everyone = "@all" in scopes
+    return (everyone, not everyone and "@team" in scopes and principal.team is not None,
+            not everyone and "@own" in scopes)
+
+
+def contacts_page(ctx: RequestContext, *, first: int | None, after: str | None,
+                  contact_filter: dict[str, Any], contact_columns: tuple[str, ...],
+                  account_columns: tuple[str, ...] | None) -> tuple[Page[Any], dict[str, Any]]:
+    """The page, and the joined accounts by id (None: absent or outside the caller's scope)."""
+    _check_searchable(ctx, searched(contact_filter))
+    filters, params = filter_params(contact_filter, ctx.guard.search_index)
     scopes = ctx.guard.scopes(OBJECT, READ)
     if not scopes:
         scope_clause(ctx, Contact, OBJECT, READ)  # refuses (audited) and raises
-    everyone = "@all" in scopes
-    team = not everyone and "@team" in scopes and ctx.principal.team is not None
-    own = not everyone and "@own" in scopes
+    everyone, team, own = scope_flags(scopes, ctx.principal)
     if team:
         params["scope_team"] = ctx.principal.team
     if own:
@@ -150,9 +171,8 @@ def contacts_page(ctx: RequestContext, *, first: int | None, after: str | None,
         params["after_id"] = after_id
     params["size"] = size + 1
     with_account = account_columns is not None
-    query = page_statement(contact_columns, account_columns, (everyone, team, own),
-                       (account_id is not None, owner is not None, email is not None,
-                        phone is not None), after_id is not None)
+    query = page_statement(contact_columns, account_columns, (everyone, team, own), filters,
+                           after_id is not None)
     rows = ctx.session.connection().execute(query, params).all()
     items: list[Record] = []
     accounts: dict[str, Any] = {}
