@@ -5,11 +5,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import threading
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,10 +15,11 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
+from schema.audit_writer import AuditWriter
 from schema.crm_defaults import seed_crm_defaults
 from security import audit, keys
 from security.audit import AuditEntry
-from security.audit_group import GroupAppender, LoopAppender
+from security.audit_group import LoopAppender
 from security.audit_ship import Shipper
 from security.authz import (
     POLICY_VERSION_KEY,
@@ -42,7 +41,7 @@ from storage.counters import read_counter
 from storage.db import make_engine, make_session_factory
 from storage.ids import new_id
 from storage.models import ApiClient, PolicyRule, Setting
-from storage.raw_connections import DedicatedConnection, RawConnections
+from storage.raw_connections import RawConnections
 
 KEYS_VERSION_KEY = "keys_version"
 DEFAULTS_REVISION_KEY = "default_policy_revision"
@@ -64,15 +63,6 @@ class Appliance:
         self.shipper = Shipper(settings.audit_syslog, self.sessions) \
             if settings.audit_syslog else None
         self._kek = kek
-        #: Group commit of read audit entries (compiled reads on PostgreSQL; see
-        #: security.audit_group and RequestContext.defer_read_audit).
-        postgres = engine.dialect.name == "postgresql"
-        #: The audit group leader's own connection: batches without a checkpoint due are
-        #: appended on it in two statements (security.audit.append_plain), no ORM session.
-        self._audit_connection = DedicatedConnection(engine.url) if postgres else None
-        self.audit_group = GroupAppender(
-            self.sessions, self.append_audit,
-            self._append_plain if postgres and not unsafe_unguarded_for_benchmark else None)
         self.authoriser = Authoriser()
         #: Plain connections for the one-statement reads of the lean lane (PostgreSQL only;
         #: schema.compiled.lean), as many kept idle as the ORM pool keeps.
@@ -80,16 +70,20 @@ class Appliance:
             RawConnections(engine.url,
                            size=engine.pool.size() if isinstance(engine.pool, QueuePool) else 5,
                            statement_timeout_ms=settings.statement_timeout_ms)
-            if postgres else None)
-        self._loop_appenders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
-                                                        LoopAppender] = \
-            weakref.WeakKeyDictionary()
+            if engine.dialect.name == "postgresql" else None)
         self._lock = threading.Lock()
         self._keys_version = -1
         self.keyring: KeyRing
         self.tokens: TokenService
         with self.sessions() as session:
             self._load_keys(session, read_counter(session, KEYS_VERSION_KEY))
+        #: Where audit entries are written: in a caller's transaction, or batched for reads
+        #: (schema.audit_writer).
+        self.audit_writer = AuditWriter(engine, self.sessions, lambda: self.keyring,
+                                        checkpoint_every=settings.audit_checkpoint_every,
+                                        disabled=unsafe_unguarded_for_benchmark)
+        #: Group commit of read entries from worker threads (RequestContext.defer_read_audit).
+        self.audit_group = self.audit_writer.group
 
     @classmethod
     def open(cls, settings: Settings, *, unsafe_unguarded_for_benchmark: bool = False) -> Appliance:
@@ -114,12 +108,8 @@ class Appliance:
         return self._kek
 
     def loop_appender(self) -> LoopAppender:
-        """The group append of audit entries for coroutines on the running event loop."""
-        loop = asyncio.get_running_loop()
-        found = self._loop_appenders.get(loop)
-        if found is None:
-            found = self._loop_appenders[loop] = LoopAppender(self.audit_group)
-        return found
+        """The batched append of audit entries for coroutines on the running event loop."""
+        return self.audit_writer.loop_appender()
 
     @property
     def keys_version(self) -> int:
@@ -153,19 +143,8 @@ class Appliance:
         return self.authoriser.snapshot(session, int(values.get(POLICY_VERSION_KEY, 0)))
 
     def append_audit(self, session: Session, entries: list[AuditEntry]) -> list[int]:
-        if self.unguarded:
-            return []
-        return audit.append(session, entries, keyring=self.keyring,
-                            checkpoint_every=self.settings.audit_checkpoint_every)
-
-    def _append_plain(self, entries: list[AuditEntry]) -> list[int] | None:
-        assert self._audit_connection is not None
-        dialect = self.engine.dialect
-        try:
-            return self._audit_connection.run(
-                lambda connection: audit.append_plain(connection, entries, dialect=dialect))
-        except audit.NotWritten:
-            return None  # the session path (pre-pinged pool) appends them, or says why not
+        """Append audit entries in the caller's transaction."""
+        return self.audit_writer.append(session, entries)
 
     def ready(self) -> tuple[bool, dict[str, str]]:
         checks: dict[str, str] = {}
@@ -187,8 +166,7 @@ class Appliance:
             self.shipper.close()
         if self.raw_connections is not None:
             self.raw_connections.close()
-        if self._audit_connection is not None:
-            self._audit_connection.close()
+        self.audit_writer.close()
         self.engine.dispose()
 
 

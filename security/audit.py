@@ -25,13 +25,11 @@ import hashlib
 import itertools
 import json
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, cast
 
-import psycopg
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import CursorResult, bindparam, func, insert, literal_column, select, update
@@ -72,7 +70,8 @@ class AuditEntry:
     request_id: str | None = None
 
 
-def _json(value: object) -> str:
+def canonical_json(value: object) -> str:
+    """JSON as the chain hashes it: sorted keys, no spaces, UTF-8 rather than escapes."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -84,7 +83,7 @@ def canonical(row: AuditEvent | Any) -> bytes:
         "decision": row.decision, "reason": row.reason, "request_id": row.request_id,
         "prev_hash": row.prev_hash,
     }
-    return _json(document).encode("utf-8")
+    return canonical_json(document).encode("utf-8")
 
 
 def entry_hash(row: AuditEvent | Any) -> str:
@@ -113,7 +112,7 @@ def ensure_head(session: Session) -> None:
         session.flush()
 
 
-_HEAD_FOR_UPDATE = (select(AuditHead.seq, AuditHead.hash, AuditHead.checkpoint_due)
+HEAD_FOR_UPDATE = (select(AuditHead.seq, AuditHead.hash, AuditHead.checkpoint_due)
                     .where(AuditHead.id == 1).with_for_update())
 _MOVE_HEAD = update(AuditHead).where(AuditHead.id == 1)
 
@@ -148,7 +147,7 @@ def append(session: Session, entries: Iterable[AuditEntry], *, keyring: KeyRing,
     if not entries:
         return []
     # The head row is the lock that keeps concurrent appenders in one order.
-    seq, prev_hash, due = session.execute(_HEAD_FOR_UPDATE).one()
+    seq, prev_hash, due = session.execute(HEAD_FOR_UPDATE).one()
     rows = _chained(entries, seq, prev_hash)
     seq, prev_hash = rows[-1]["seq"], rows[-1]["hash"]
     head: dict[str, Any] = {"seq": seq, "hash": prev_hash}
@@ -174,9 +173,9 @@ def _chained(entries: Sequence[AuditEntry], seq: int, prev_hash: str) -> list[di
     for entry in entries:
         seq += 1
         values = {
-            "seq": seq, "ts": _now(), "actor": entry.actor, "roles": _json(list(entry.roles)),
+            "seq": seq, "ts": _now(), "actor": entry.actor, "roles": canonical_json(list(entry.roles)),
             "action": entry.action, "object_type": entry.object_type,
-            "object_ids": _json(list(entry.object_ids)), "fields": _json(list(entry.fields)),
+            "object_ids": canonical_json(list(entry.object_ids)), "fields": canonical_json(list(entry.fields)),
             "decision": entry.decision, "reason": entry.reason, "request_id": entry.request_id,
             "prev_hash": prev_hash,
         }
@@ -190,81 +189,6 @@ def _append_params(rows: list[dict[str, Any]]) -> dict[str, Any]:
               for index, row in enumerate(rows) for name, value in row.items()}
     params["head_seq"], params["head_hash"] = rows[-1]["seq"], rows[-1]["hash"]
     return params
-
-
-class NotWritten(Exception):
-    """`append_plain` failed before it wrote anything (its connection, say): append the
-    entries another way."""
-
-
-def append_plain(connection: Any, entries: Sequence[AuditEntry], *,
-                 dialect: Any) -> list[int] | None:
-    """`append` on a plain psycopg connection to PostgreSQL (not in autocommit mode), in a
-    transaction of its own that this commits: the same head lock, rows and hashes in two
-    statements, for the usual case. When a checkpoint falls due within these entries, or they
-    are more than one statement takes, it writes nothing and answers None: the caller then
-    appends them with `append`, which signs the checkpoint. Raises `NotWritten` when its first
-    statement fails (nothing was written: the caller may append them another way)."""
-    if not entries or len(entries) > _APPEND_MAX:
-        return None
-    head_sql, head_params = _head_sql(dialect)
-    cursor = connection.cursor()
-    try:
-        try:
-            cursor.execute(head_sql, head_params)
-        except Exception as exc:  # e.g. a connection the server closed while it sat idle
-            raise NotWritten() from exc
-        seq, prev_hash, due = cursor.fetchone()
-        if seq + len(entries) >= due:
-            connection.rollback()
-            return None
-        rows = _chained(entries, seq, prev_hash)
-        sql, names = _positional_append(dialect, len(rows))
-        params = _append_params(rows)
-        with psycopg.RawCursor(connection) as raw:
-            raw.execute(sql, [params[name] for name in names])
-        connection.commit()
-    except BaseException:
-        try:
-            connection.rollback()
-        except Exception:  # noqa: BLE001 - a broken connection: the caller drops it
-            pass
-        raise
-    finally:
-        cursor.close()
-    return [int(row["seq"]) for row in rows]
-
-
-_POSITIONAL: dict[int, tuple[str, list[str]]] = {}
-_NAMED = re.compile(r"%\((\w+)\)s")
-
-
-def _positional_append(dialect: Any, count: int) -> tuple[str, list[str]]:
-    """`_append_sql` with $1, $2... for its named placeholders, and the names in that order:
-    psycopg's raw cursor takes it as it is, where a statement of more than 50 parameters
-    would be parsed again on every execute (the cost of the whole append, measured)."""
-    found = _POSITIONAL.get(count)
-    if found is None:
-        names: list[str] = []
-
-        def number(match: re.Match[str]) -> str:
-            if match.group(1) not in names:
-                names.append(match.group(1))
-            return f"${names.index(match.group(1)) + 1}"
-        sql = _NAMED.sub(number, _append_sql(dialect, count)).replace("%%", "%")
-        found = _POSITIONAL[count] = (sql, names)
-    return found
-
-
-_HEAD_SQL: dict[str, tuple[str, dict[str, Any]]] = {}
-
-
-def _head_sql(dialect: Any) -> tuple[str, dict[str, Any]]:
-    found = _HEAD_SQL.get(dialect.name)
-    if found is None:
-        compiled = _HEAD_FOR_UPDATE.compile(dialect=dialect)
-        found = _HEAD_SQL[dialect.name] = (str(compiled), dict(compiled.params))
-    return found
 
 
 def _sign_checkpoint(session: Session, keyring: KeyRing, seq: int,
@@ -346,7 +270,7 @@ def _load_tree(session: Session) -> Frontier | None:
 
 
 def _save_tree(session: Session, tree: Frontier) -> None:
-    value = _json({"size": tree.size, "hashes": [h.hex() for h in tree.hashes]})
+    value = canonical_json({"size": tree.size, "hashes": [h.hex() for h in tree.hashes]})
     changed = cast(CursorResult[Any], session.execute(
         update(Setting).where(Setting.key == TREE_SETTING).values(value=value)))
     if not changed.rowcount:

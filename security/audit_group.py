@@ -12,14 +12,16 @@ unchanged.
 
 Leadership passes on after each batch (to the first caller still waiting), so no caller keeps
 appending for others while its own answer waits. Coroutines on an event loop (the lean lane)
-go through a `LoopAppender`, which hands all of the loop's waiting entries to the group at once.
+go through a `LoopAppender`, which appends all of the loop's waiting entries at once: in one
+statement on the loop's own connection when it can (`security.audit_statement`), else through
+the group from a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from sqlalchemy.orm import Session
 
@@ -118,12 +120,16 @@ class GroupAppender:
 
 class LoopAppender:
     """`GroupAppender.append` for coroutines on one event loop: the entries of every request
-    waiting on this loop go to the group in one call, made from a worker thread, so a batch
-    costs one thread hop rather than one per request. Each caller resumes only once the
-    transaction holding its entries has committed, and raises if it did not."""
+    waiting on this loop are appended in one batch, by `plain` on the loop itself when it
+    takes the batch (None from it: a checkpoint is due, or the batch was not written), else by
+    the group in one call from a worker thread. Each caller resumes only once the transaction
+    holding its entries has committed, and raises if it did not."""
 
-    def __init__(self, group: GroupAppender) -> None:
+    def __init__(self, group: GroupAppender,
+                 plain: Callable[[list[AuditEntry]], Awaitable[list[int] | None]] | None = None
+                 ) -> None:
         self._group = group
+        self._plain = plain
         self._pending: list[tuple[Sequence[AuditEntry], asyncio.Future[list[int]]]] = []
         self._writing = False
 
@@ -145,7 +151,9 @@ class LoopAppender:
                 batch, self._pending = self._pending, []
                 entries = [entry for mine, _ in batch for entry in mine]
                 try:
-                    seqs = await asyncio.to_thread(self._group.append, entries)
+                    seqs = await self._plain(entries) if self._plain is not None else None
+                    if seqs is None:
+                        seqs = await asyncio.to_thread(self._group.append, entries)
                 except BaseException as exc:  # noqa: BLE001 - every waiter learns of it
                     for _, done in batch:
                         if not done.done():

@@ -76,9 +76,9 @@ class RawConnections:
 
 
 class DedicatedConnection:
-    """One plain sync connection (transactions, not autocommit) for one writer at a time: the
-    audit group's leader. `run(work)` calls `work(connection)`; a connection whose work raised
-    is closed (its state is unknown) and the next call opens a fresh one."""
+    """One plain sync connection in autocommit mode for one writer at a time: the audit group's
+    leader. `run(work)` calls `work(connection)`; a connection whose work raised is closed (its
+    state is unknown) and the next call opens a fresh one."""
 
     def __init__(self, url: URL) -> None:
         self._conninfo = conninfo(url)
@@ -90,7 +90,7 @@ class DedicatedConnection:
         with self._lock:
             connection = self._connection
             if connection is None or connection.closed or self._pid != os.getpid():
-                connection = self._connection = psycopg.connect(self._conninfo)
+                connection = self._connection = psycopg.connect(self._conninfo, autocommit=True)
                 self._pid = os.getpid()
             try:
                 return work(connection)
@@ -104,3 +104,33 @@ class DedicatedConnection:
             if self._connection is not None and self._pid == os.getpid():
                 self._connection.close()
             self._connection = None
+
+
+class LoopConnection:
+    """One plain async connection in autocommit mode, writable, for one writer at a time on the
+    event loop that opened it (a server worker's audit appender). A connection that failed is
+    dropped by `discard`; the next `get` opens a fresh one."""
+
+    def __init__(self, url: URL) -> None:
+        self._conninfo = conninfo(url)
+        self._connection: psycopg.AsyncConnection[Any] | None = None
+
+    async def get(self) -> psycopg.AsyncConnection[Any]:
+        connection = self._connection
+        if connection is None or connection.closed or connection.broken:
+            self.discard()
+            connection = self._connection = await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True)
+        return connection
+
+    def discard(self) -> None:
+        """Close the connection at once, without waiting on the loop (its state is unknown,
+        or the loop is going away)."""
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.closed:
+            connection.pgconn.finish()
+
+    def __del__(self) -> None:
+        # Dropped with the event loop it belonged to (a finished asyncio.run, say), which
+        # nobody closes: close the connection rather than leave it to the server's timeout.
+        self.discard()

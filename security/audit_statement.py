@@ -1,0 +1,138 @@
+"""Audit entries appended in one statement on PostgreSQL: `SELECT audit_append_entries(...)`.
+
+Appending a batch in a transaction of the application's own takes four round trips (begin,
+lock the head, insert and move the head, commit), and on the appliance's hardware every round
+trip wakes two processes. The database function of migration 0006 does the same work inside
+one autocommit statement: it locks the head row, chains each entry to the one before, inserts
+the rows, moves the head, and the statement's own commit makes them durable before it answers.
+
+The chain hash is SHA-256 over the entry's canonical JSON (`security.audit.canonical`). Only
+three of its values are known under the head lock (previous hash, sequence number, time); the
+application sends the rest already encoded as two pieces of text, and the function fills the
+three values in between. `enclave audit verify` recomputes every hash from the stored columns,
+so an entry chained any other way is found. When a signed checkpoint falls due within the batch
+the function writes nothing: the caller then appends through `security.audit.append`, which
+signs it.
+
+A failed call either certainly wrote nothing (`NotWritten`: the server refused the statement
+and rolled it back) or may have (`MaybeWritten`: the connection broke after the statement was
+sent, so its commit is unknown). The second is settled by `append_unless_present`, which looks
+for the batch in the log before appending it: an entry is neither lost nor, as far as the log
+can tell, written twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from security import audit
+from security.audit import HEAD_FOR_UPDATE, AuditEntry, canonical_json
+from security.keys import KeyRing
+from storage.models import AuditEvent
+
+
+class NotWritten(Exception):
+    """The append wrote nothing (the statement was refused, or never sent): append the entries
+    another way."""
+
+
+class MaybeWritten(Exception):
+    """The connection broke once the append was sent: it may have committed. Settle it with
+    `append_unless_present`."""
+
+
+_CALL = "SELECT audit_append_entries(" + ", ".join(["%b"] * 11) + ")"
+
+
+def arguments(entries: Sequence[AuditEntry]) -> list[list[str | None]]:
+    """The function's arguments: one array per column, and the canonical encoding of each entry
+    in two pieces, before the previous hash and between it and the sequence number (keys in
+    sorted order, as `canonical` writes them)."""
+    heads: list[str | None] = []
+    middles: list[str | None] = []
+    roles: list[str | None] = []
+    object_ids: list[str | None] = []
+    fields: list[str | None] = []
+    for entry in entries:
+        roles_json = canonical_json(list(entry.roles))
+        ids_json = canonical_json(list(entry.object_ids))
+        fields_json = canonical_json(list(entry.fields))
+        heads.append(f'{{"action":{canonical_json(entry.action)},"actor":{canonical_json(entry.actor)},'
+                     f'"decision":{canonical_json(entry.decision)},"fields":{fields_json},'
+                     f'"object_ids":{ids_json},"object_type":{canonical_json(entry.object_type)},'
+                     '"prev_hash":"')
+        middles.append(f'","reason":{canonical_json(entry.reason)},"request_id":'
+                       f'{canonical_json(entry.request_id)},"roles":{roles_json},"seq":')
+        roles.append(roles_json)
+        object_ids.append(ids_json)
+        fields.append(fields_json)
+    return [heads, middles, [entry.actor for entry in entries], roles,
+            [entry.action for entry in entries], [entry.object_type for entry in entries],
+            object_ids, fields, [entry.decision for entry in entries],
+            [entry.reason for entry in entries], [entry.request_id for entry in entries]]
+
+
+def _seqs(last: int | None, count: int) -> list[int] | None:
+    return None if last is None else list(range(int(last) - count + 1, int(last) + 1))
+
+
+def _failure(connection: Any) -> Exception:
+    if connection.closed or connection.broken:
+        return MaybeWritten()
+    return NotWritten()
+
+
+def append(connection: psycopg.Connection[Any],
+           entries: Sequence[AuditEntry]) -> list[int] | None:
+    """Append on a sync connection in autocommit mode: the entries' sequence numbers once
+    committed, or None when a checkpoint falls due (nothing written)."""
+    if not entries:
+        return []
+    if connection.closed or connection.broken:
+        raise NotWritten()
+    try:
+        row = connection.execute(_CALL, arguments(entries), prepare=True).fetchone()
+    except psycopg.Error as exc:
+        raise _failure(connection) from exc
+    return _seqs(row[0] if row else None, len(entries))
+
+
+async def append_async(connection: psycopg.AsyncConnection[Any],
+                       entries: Sequence[AuditEntry]) -> list[int] | None:
+    """`append` on an async connection in autocommit mode (a server worker's event loop)."""
+    if not entries:
+        return []
+    if connection.closed or connection.broken:
+        raise NotWritten()
+    try:
+        cursor = await connection.execute(_CALL, arguments(entries), prepare=True)
+        row = await cursor.fetchone()
+    except psycopg.Error as exc:
+        raise _failure(connection) from exc
+    return _seqs(row[0] if row else None, len(entries))
+
+
+def append_unless_present(session: Session, entries: Sequence[AuditEntry], after: int, *,
+                          keyring: KeyRing, checkpoint_every: int = 64) -> list[int]:
+    """After `MaybeWritten`: in the caller's transaction, with the head row locked (so an
+    append still running ends first), find the batch among the entries after `after` (a
+    sequence number committed before it was sent) by its first request id; append it only if
+    it is not there. A batch is one statement, so it is there whole or not at all."""
+    session.execute(HEAD_FOR_UPDATE).one()
+    marker = next((index for index, entry in enumerate(entries) if entry.request_id), None)
+    if marker is not None:
+        entry = entries[marker]
+        found = session.execute(
+            select(AuditEvent.seq).where(AuditEvent.seq > after,
+                                         AuditEvent.request_id == entry.request_id,
+                                         AuditEvent.action == entry.action)
+            .order_by(AuditEvent.seq).limit(1)).scalar()
+        if found is not None:
+            first = int(found) - marker
+            return list(range(first, first + len(entries)))
+    return audit.append(session, entries, keyring=keyring, checkpoint_every=checkpoint_every)
