@@ -47,7 +47,7 @@ class GroupAppender:
                  plain: Callable[[list[AuditEntry]], list[int] | None] | None = None) -> None:
         self._sessions = sessions
         self._append = append
-        #: A cheaper way for the usual batch (security.audit.append_plain on a connection of
+        #: A cheaper way for the usual batch (security.audit_statement on a connection of
         #: its own); None from it means "not this batch": it goes through `append`.
         self._plain = plain
         self._lock = threading.Lock()
