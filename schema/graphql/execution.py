@@ -31,6 +31,7 @@ from strawberry.extensions import (
     DisableIntrospection,
     MaxAliasesLimiter,
     MaxTokensLimiter,
+    ParserCache,
     QueryDepthLimiter,
 )
 from strawberry.schema.config import StrawberryConfig
@@ -42,6 +43,7 @@ from schema.compiled import BadVariables
 from schema.compiled import run as run_compiled
 from schema.compiled.cache import PLANS
 from schema.context import CLIENT_ACTIVE, RequestContext, unit_of_work
+from schema.graphql.known_documents import KnownValidDocuments
 from schema.graphql.limits import CostLimiter
 from schema.graphql.resolvers import Mutation, Query
 from schema.names import camel
@@ -97,6 +99,8 @@ DEFAULT_LIMITS = Limits()
 def _build(*, introspection: bool, limits: Limits) -> strawberry.Schema:
     # Factories, not instances: strawberry builds fresh extensions for every request.
     extensions: list[Any] = [
+        lambda: ParserCache(maxsize=1024),
+        KnownValidDocuments,
         lambda: QueryDepthLimiter(max_depth=limits.depth),
         lambda: MaxAliasesLimiter(max_alias_count=limits.aliases),
         lambda: MaxTokensLimiter(max_token_count=limits.tokens),

@@ -32,6 +32,8 @@ from graphql import (
 from graphql.type import GraphQLOutputType
 from strawberry.extensions import SchemaExtension
 
+from schema.graphql.known_documents import PER_REQUEST
+
 UNPAGED_LIST = 10
 _MAX_NESTING = 32
 
@@ -129,6 +131,9 @@ class CostLimiter(SchemaExtension):
                                                               "cost": cost,
                                                               "limit": max_cost}))
 
+        # The cost reads the variables: it runs on every request, even for a document
+        # validated before (schema.graphql.known_documents).
+        setattr(_CostRule, PER_REQUEST, True)
         self.execution_context.validation_rules = (
             self.execution_context.validation_rules + (_CostRule,))
         yield
