@@ -64,6 +64,10 @@ class AuditWriter:
         """Append in the caller's transaction (signing a checkpoint when one is due)."""
         if self._disabled:
             return []
+        if self._statements:
+            seqs = audit_statement.append_in_transaction(session, entries)
+            if seqs is not None:
+                return seqs
         return audit.append(session, entries, keyring=self._keyring(),
                             checkpoint_every=self._checkpoint_every)
 

@@ -117,6 +117,17 @@ async def append_async(connection: psycopg.AsyncConnection[Any],
     return _seqs(row[0] if row else None, len(entries))
 
 
+def append_in_transaction(session: Session,
+                          entries: Sequence[AuditEntry]) -> list[int] | None:
+    """`append` in the caller's transaction (a write and its record commit together): the
+    sequence numbers, or None when a checkpoint falls due (nothing written; the caller appends
+    with `security.audit.append`). Errors are the transaction's, as for any statement in it."""
+    if not entries:
+        return []
+    row = session.connection().exec_driver_sql(_CALL, tuple(arguments(entries))).first()
+    return _seqs(row[0] if row else None, len(entries))
+
+
 def append_unless_present(session: Session, entries: Sequence[AuditEntry], after: int, *,
                           keyring: KeyRing, checkpoint_every: int = 64) -> list[int]:
     """After `MaybeWritten`: in the caller's transaction, with the head row locked (so an

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -434,7 +435,9 @@ class Guard:
             plain[CUSTOM_SEALED.name] = (json.dumps(sealed_custom, sort_keys=True)
                                          if sealed_custom else None)
         self._custom_opened[record.id] = sealed_custom
-        version, key = self.keyring.create_subject_key(self.session, record.id)
+        # A row not yet in the database (its id just made) has no key to look up.
+        version, key = self.keyring.create_subject_key(
+            self.session, record.id, new_subject=sa_inspect(record).transient)
         index_key = self.keyring.key(BLIND_INDEX) or b""
         targets = spec.sealed_fields + ((CUSTOM_SEALED,) if CUSTOM_SEALED.name in plain else ())
         for fspec in targets:

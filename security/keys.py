@@ -209,10 +209,15 @@ class KeyRing:
                         raise
         return found
 
-    def create_subject_key(self, session: Session, subject_id: str) -> tuple[int, bytes]:
-        """Make the subject's key for the current field version (idempotent per version)."""
+    def create_subject_key(self, session: Session, subject_id: str, *,
+                           new_subject: bool = False) -> tuple[int, bytes]:
+        """Make the subject's key for the current field version (idempotent per version).
+
+        `new_subject`: the caller has just made this id (a row not yet written), so there is no
+        key to look for; should one exist all the same, inserting the key fails on its
+        primary key and the transaction with it, rather than replacing the key."""
         version = self.current_version(FIELD)
-        existing = session.get(SubjectKey, (subject_id, version))
+        existing = None if new_subject else session.get(SubjectKey, (subject_id, version))
         if existing is not None:
             return version, self.unwrap_subject_key(subject_id, version, existing.wrapped)
         key = new_key()

@@ -22,7 +22,7 @@ from schema.context import RequestContext, unit_of_work
 from schema.ops import audit_log
 from schema.ops import contacts as contact_ops
 from schema.runtime import Appliance
-from security import audit, checkpoint_note, merkle
+from security import audit, audit_statement, checkpoint_note, merkle
 from security.errors import Forbidden
 from security.principal import Principal
 from storage.models import AuditEvent, AuditHead, Contact
@@ -195,13 +195,21 @@ def test_a_write_and_its_entry_commit_or_fail_together(appliance: Appliance, cal
             raise RuntimeError("audit storage failed")
         return real_append(session, entries, **kwargs)
 
+    real_statement = audit_statement.append_in_transaction
+
+    def failing_statement(session: Any, entries: Any) -> list[int] | None:
+        if any(e.action == "contact.create" for e in entries):
+            raise RuntimeError("audit storage failed")
+        return real_statement(session, entries)
+
     monkeypatch.setattr(audit, "append", failing_append)
+    monkeypatch.setattr(audit_statement, "append_in_transaction", failing_statement)
     before = last_seq(appliance)
     body, _ = gql_raw(manager, CREATE, {"input": {"lastName": "Ghost"}})
     assert codes(body) == ["INTERNAL"], body
     assert contact_count() == start_contacts
     assert not [e for e in events(appliance, before) if e.action == "contact.create"]
-    monkeypatch.setattr(audit, "append", real_append)
+    monkeypatch.undo()
 
     # (b) The write fails after its entry was appended: the entry goes with it, and the chain
     # (head included) stays whole for the next writer.

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import operator
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from starlette.testclient import TestClient
 
 from api.app import create_app
@@ -434,3 +434,34 @@ def test_the_passphrase_can_come_from_a_file_or_a_systemd_credential(tmp_path: P
     with pytest.raises(ConfigurationError, match="cannot read"):
         Settings.from_env({"ENCLAVE_KEY_PASSPHRASE_FILE": str(tmp_path / "missing")},
                           data_dir=tmp_path)
+
+
+def test_a_new_record_whose_id_already_has_a_key_fails_whole(
+        appliance: Appliance, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new contact's subject key is made without looking for one (its id was just made). If
+    that id had a key all the same (an id used twice), the write fails on the key's primary key
+    and nothing of it is written; the key already there is not replaced."""
+    from sqlalchemy.exc import IntegrityError
+
+    from schema.ops import contacts as contact_ops
+    from storage.models import Contact, SubjectKey
+
+    with unit_of_work(appliance, operator("sales_manager", team="east", id="m")) as ctx:
+        first = contact_ops.create_contact(ctx, {"last_name": "First", "email": "f@example.org"})
+        first_id = first.id
+    with appliance.sessions() as session:
+        before = session.scalars(select(SubjectKey.wrapped)
+                                 .where(SubjectKey.subject_id == first_id)).all()
+        contacts = session.scalar(select(func.count()).select_from(Contact))
+    assert len(before) == 1
+    monkeypatch.setattr(contact_ops, "new_id", lambda: first_id)
+    with pytest.raises(IntegrityError):
+        with unit_of_work(appliance, operator("sales_manager", team="east", id="m")) as ctx:
+            contact_ops.create_contact(ctx, {"last_name": "Second", "email": "s@example.org"})
+    monkeypatch.undo()
+    with appliance.sessions() as session:
+        assert session.scalars(select(SubjectKey.wrapped)
+                               .where(SubjectKey.subject_id == first_id)).all() == before
+        assert session.scalar(select(func.count()).select_from(Contact)) == contacts
+    with unit_of_work(appliance, operator("sales_manager", team="east", id="m")) as ctx:
+        assert contact_ops.get_contact(ctx, first_id) is not None
