@@ -10,7 +10,9 @@ requests/s, server CPU per request and p99 per source and round, and the medians
 
     make bench-ab BENCH_ARGS="--rev d9e3d38 --rounds 3"
 
-Revisions must share this checkout's database schema (migration head).
+A revision from before one of this checkout's migrations gets its own copy of the filled
+database, migrated down to that revision's head (`CREATE DATABASE ... TEMPLATE`, then this
+checkout's Alembic downgrade), so both run on the same rows.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from alembic import command
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
@@ -46,6 +50,55 @@ def _start(source: Path, target: base.Target, workdir: Path, workers: int) -> tp
     server = tp.Server("enclave", port, process, log)
     tp.wait_up(server, "/healthz")
     return server
+
+
+def _head_of(source: Path) -> str:
+    """The migration head of a source tree, as its own code names it."""
+    found = subprocess.run(
+        [sys.executable, "-c", "from storage import migrate; print(migrate.head_revision())"],
+        cwd=source, capture_output=True, text=True, check=True)
+    return found.stdout.strip()
+
+
+def _copy_at(url: str, revision: str, suffix: str) -> str:
+    """A copy of the database at `url`, migrated down to `revision`; dropped with the others
+    by `drop_copies`."""
+    from sqlalchemy import create_engine, text
+
+    from storage import migrate
+    from storage.db import make_engine
+
+    source = url.rsplit("/", 1)[1]
+    copy = f"{source}_{suffix}"
+    admin = create_engine(base.PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{copy}" TEMPLATE "{source}"'))
+    finally:
+        admin.dispose()
+    copy_url = f"{url.rsplit('/', 1)[0]}/{copy}"
+    engine = make_engine(copy_url)
+    try:
+        with engine.begin() as connection:
+            config = migrate._config()
+            config.attributes["connection"] = connection
+            command.downgrade(config, revision)
+    finally:
+        engine.dispose()
+    return copy_url
+
+
+def drop_copies(urls: list[str]) -> None:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(base.PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            for url in urls:
+                name = url.rsplit("/", 1)[1]
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
 
 
 def _worktree(rev: str, workdir: Path) -> Path:
@@ -73,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     sources: dict[str, Path] = {"this checkout": ROOT}
     results: dict[str, list[tuple[float, float, float]]] = {}
     postgraphile = None
+    copies: list[str] = []
     try:
         for rev in args.rev:
             sources[rev] = _worktree(rev, workdir)
@@ -82,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
             tp.plain_copy(target, plain_url)
             tp.analyse(url)
             docs = tp.register_documents(target)
+            ours = _head_of(ROOT)
+            databases = {name: url for name in sources}
+            for index, (name, source) in enumerate(sources.items()):
+                head = _head_of(source)
+                if head != ours:
+                    databases[name] = _copy_at(url, head, f"r{index}")
+                    copies.append(databases[name])
             if not args.no_postgraphile:
                 node, cli = tp.install_postgraphile(print)
                 postgraphile = tp.start_postgraphile(node, cli, plain_url, workdir)
@@ -90,10 +151,11 @@ def main(argv: list[str] | None = None) -> int:
                 # longer audit log, autovacuum) falls on each source alike.
                 order = list(sources.items())
                 for name, source in (order if round_ % 2 == 0 else order[::-1]):
-                    server = _start(source, target, workdir, args.workers)
+                    database = base.Target("guarded", target.data_dir, databases[name])
+                    server = _start(source, database, workdir, args.workers)
                     try:
                         token = base.fetch_token(base.Target(
-                            "guarded", target.data_dir, url, port=server.port,
+                            "guarded", target.data_dir, databases[name], port=server.port,
                             client_id=target.client_id, client_secret=target.client_secret))
                         request = tp._request(server.port, token,
                                               {"documentId": docs[tp.QUERY]})
@@ -112,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                     _report(results, "postgraphile", round_, result)
     finally:
         tp.stop(postgraphile)
+        drop_copies(copies)
         for source in sources.values():
             if source != ROOT:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
