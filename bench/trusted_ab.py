@@ -27,8 +27,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 for entry in (str(ROOT), str(BENCH)):
@@ -79,10 +77,7 @@ def _copy_at(url: str, revision: str, suffix: str) -> str:
     copy_url = f"{url.rsplit('/', 1)[0]}/{copy}"
     engine = make_engine(copy_url)
     try:
-        with engine.begin() as connection:
-            config = migrate._config()
-            config.attributes["connection"] = connection
-            command.downgrade(config, revision)
+        migrate.downgrade(engine, revision)
     finally:
         engine.dispose()
     return copy_url

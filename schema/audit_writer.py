@@ -44,7 +44,8 @@ class AuditWriter:
         self._disabled = disabled
         self._statements = engine.dialect.name == "postgresql" and not disabled
         self._connection = DedicatedConnection(engine.url) if self._statements else None
-        self.group = GroupAppender(sessions, self.append,
+        # The group's session path is the signing one: its statement path was tried first.
+        self.group = GroupAppender(sessions, self._append_signed,
                                    self._append_statement if self._statements else None)
         self._loops: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[LoopAppender, LoopConnection | None]] = \
@@ -62,12 +63,15 @@ class AuditWriter:
 
     def append(self, session: Session, entries: list[AuditEntry]) -> list[int]:
         """Append in the caller's transaction (signing a checkpoint when one is due)."""
-        if self._disabled:
-            return []
         if self._statements:
             seqs = audit_statement.append_in_transaction(session, entries)
             if seqs is not None:
                 return seqs
+        return self._append_signed(session, entries)
+
+    def _append_signed(self, session: Session, entries: list[AuditEntry]) -> list[int]:
+        if self._disabled:
+            return []
         return audit.append(session, entries, keyring=self._keyring(),
                             checkpoint_every=self._checkpoint_every)
 

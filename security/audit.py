@@ -32,7 +32,7 @@ from typing import Any, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import CursorResult, bindparam, func, insert, literal_column, select, update
+from sqlalchemy import CursorResult, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from security import checkpoint_note
@@ -113,36 +113,16 @@ def ensure_head(session: Session) -> None:
 
 
 HEAD_FOR_UPDATE = (select(AuditHead.seq, AuditHead.hash, AuditHead.checkpoint_due)
-                    .where(AuditHead.id == 1).with_for_update())
+                   .where(AuditHead.id == 1).with_for_update())
 _MOVE_HEAD = update(AuditHead).where(AuditHead.id == 1)
-
-
-_APPEND_MAX = 16
-_APPEND_STATEMENTS: dict[int, str] = {}
-_EVENT_COLUMNS = ("seq", "ts", "actor", "roles", "action", "object_type", "object_ids", "fields",
-                  "decision", "reason", "request_id", "prev_hash", "hash")
-
-
-def _append_sql(dialect: Any, count: int) -> str:
-    """PostgreSQL: INSERT `count` entries and move the head, as one statement (a data-modifying
-    CTE), compiled once per count (SQLAlchemy does not cache statements with DML CTEs)."""
-    found = _APPEND_STATEMENTS.get(count)
-    if found is None:
-        appended = insert(AuditEvent).values([
-            {name: bindparam(f"{name}_{index}") for name in _EVENT_COLUMNS}
-            for index in range(count)]).cte("appended")
-        statement = (update(AuditHead).where(AuditHead.id == literal_column("1"))
-                     .values(seq=bindparam("head_seq"), hash=bindparam("head_hash"))
-                     .add_cte(appended))
-        found = _APPEND_STATEMENTS[count] = str(statement.compile(dialect=dialect))
-    return found
 
 
 def append(session: Session, entries: Iterable[AuditEntry], *, keyring: KeyRing,
            checkpoint_every: int = 64) -> list[int]:
-    """Append entries in the caller's transaction; returns their sequence numbers.
-
-    Core statements, not ORM objects: this runs on every request that reads personal data."""
+    """Append entries in the caller's transaction; returns their sequence numbers. Signs a
+    checkpoint when one falls due. (On PostgreSQL the usual batch goes through
+    `security.audit_statement` instead, in one statement; this is its fallback, and the way
+    on SQLite.)"""
     entries = list(entries)
     if not entries:
         return []
@@ -151,13 +131,6 @@ def append(session: Session, entries: Iterable[AuditEntry], *, keyring: KeyRing,
     rows = _chained(entries, seq, prev_hash)
     seq, prev_hash = rows[-1]["seq"], rows[-1]["hash"]
     head: dict[str, Any] = {"seq": seq, "hash": prev_hash}
-    if seq < due and len(rows) <= _APPEND_MAX and session.get_bind().dialect.name == "postgresql":
-        # The entries and the new head in one statement (one round trip, same transaction,
-        # same rows); the checkpoint path below reads the entries back, so it keeps two.
-        connection = session.connection()
-        connection.exec_driver_sql(_append_sql(connection.dialect, len(rows)),
-                                   _append_params(rows))
-        return [int(row["seq"]) for row in rows]
     session.execute(insert(AuditEvent), rows)
     if seq >= due:
         head["checkpoint_due"] = _sign_checkpoint(session, keyring, seq, checkpoint_every,
@@ -173,22 +146,17 @@ def _chained(entries: Sequence[AuditEntry], seq: int, prev_hash: str) -> list[di
     for entry in entries:
         seq += 1
         values = {
-            "seq": seq, "ts": _now(), "actor": entry.actor, "roles": canonical_json(list(entry.roles)),
-            "action": entry.action, "object_type": entry.object_type,
-            "object_ids": canonical_json(list(entry.object_ids)), "fields": canonical_json(list(entry.fields)),
+            "seq": seq, "ts": _now(), "actor": entry.actor,
+            "roles": canonical_json(list(entry.roles)), "action": entry.action,
+            "object_type": entry.object_type,
+            "object_ids": canonical_json(list(entry.object_ids)),
+            "fields": canonical_json(list(entry.fields)),
             "decision": entry.decision, "reason": entry.reason, "request_id": entry.request_id,
             "prev_hash": prev_hash,
         }
         values["hash"] = prev_hash = entry_hash(SimpleNamespace(**values))
         rows.append(values)
     return rows
-
-
-def _append_params(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    params = {f"{name}_{index}": value
-              for index, row in enumerate(rows) for name, value in row.items()}
-    params["head_seq"], params["head_hash"] = rows[-1]["seq"], rows[-1]["hash"]
-    return params
 
 
 def _sign_checkpoint(session: Session, keyring: KeyRing, seq: int,

@@ -29,10 +29,11 @@ from security.audit import AuditEntry
 
 
 class _Waiter:
-    __slots__ = ("done", "entries", "error", "lead", "seqs")
+    __slots__ = ("done", "entries", "error", "lead", "plain", "seqs")
 
-    def __init__(self, entries: Sequence[AuditEntry]) -> None:
+    def __init__(self, entries: Sequence[AuditEntry], plain: bool) -> None:
         self.entries = entries
+        self.plain = plain
         self.done = threading.Event()
         self.lead = False
         self.seqs: list[int] = []
@@ -57,11 +58,13 @@ class GroupAppender:
         self.batches = 0
         self.entries = 0
 
-    def append(self, entries: Sequence[AuditEntry]) -> list[int]:
-        """The entries' sequence numbers, once committed; raises if their batch failed."""
+    def append(self, entries: Sequence[AuditEntry], *, plain: bool = True) -> list[int]:
+        """The entries' sequence numbers, once committed; raises if their batch failed.
+        `plain=False`: the caller's cheaper way already declined these entries (a checkpoint
+        is due, or it was refused), so their batch goes straight through `append`."""
         if not entries:
             return []
-        me = _Waiter(entries)
+        me = _Waiter(entries, plain)
         with self._lock:
             self._waiting.append(me)
             lead = me.lead = not self._leading
@@ -96,7 +99,8 @@ class GroupAppender:
     def _write(self, batch: list[_Waiter]) -> None:
         entries = [entry for waiter in batch for entry in waiter.entries]
         try:
-            seqs = self._plain(entries) if self._plain is not None else None
+            seqs = (self._plain(entries)
+                    if self._plain is not None and all(w.plain for w in batch) else None)
             if seqs is None:
                 session = self._sessions()
                 try:
@@ -152,8 +156,9 @@ class LoopAppender:
                 entries = [entry for mine, _ in batch for entry in mine]
                 try:
                     seqs = await self._plain(entries) if self._plain is not None else None
-                    if seqs is None:
-                        seqs = await asyncio.to_thread(self._group.append, entries)
+                    if seqs is None:  # declined by `plain`: the group need not ask again
+                        seqs = await asyncio.to_thread(self._group.append, entries,
+                                                       plain=self._plain is None)
                 except BaseException as exc:  # noqa: BLE001 - every waiter learns of it
                     for _, done in batch:
                         if not done.done():

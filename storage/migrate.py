@@ -32,6 +32,15 @@ def upgrade(bind: Engine | Connection, revision: str = "head") -> None:
         command.upgrade(config, revision)
 
 
+def downgrade(bind: Engine, revision: str) -> None:
+    """Migrate down to `revision` in a transaction of its own (the A/B benchmark runs an older
+    revision of the code on a copy of the database)."""
+    config = _config()
+    with bind.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+
 def current_revision(bind: Engine | Connection) -> str | None:
     if isinstance(bind, Connection):
         return MigrationContext.configure(bind).get_current_revision()

@@ -79,6 +79,15 @@ def _signed_once(appliance: Appliance) -> None:
     _append_now(appliance, [_entry()])
 
 
+def _checkpoint_due_after(appliance: Appliance, entries: int) -> None:
+    """Bring the next checkpoint forward: due once `entries` more are appended."""
+    with appliance.sessions.begin() as session:
+        head = session.get(AuditHead, 1)
+        assert head is not None
+        session.execute(update(AuditHead).where(AuditHead.id == 1)
+                        .values(checkpoint_due=head.seq + entries))
+
+
 @pg
 def test_the_database_chains_as_the_application_hashes(appliance: Appliance) -> None:
     _signed_once(appliance)
@@ -118,11 +127,7 @@ def test_an_entry_chained_otherwise_is_found_by_verify(appliance: Appliance) -> 
 @pg
 def test_a_checkpoint_due_is_left_to_the_session_path(appliance: Appliance) -> None:
     _signed_once(appliance)
-    with appliance.sessions.begin() as session:
-        head = session.get(AuditHead, 1)
-        assert head is not None
-        session.execute(update(AuditHead).where(AuditHead.id == 1)
-                        .values(checkpoint_due=head.seq + 3))
+    _checkpoint_due_after(appliance, 3)
     before = _rows(appliance)
     with _connect(appliance) as connection:
         assert audit_statement.append(connection, [_entry(), _entry()]) is not None
@@ -271,3 +276,34 @@ def test_two_processes_appending_at_once_keep_one_chain(appliance: Appliance,
     with appliance.sessions() as session:
         report = audit.verify(session, appliance.keyring)
         assert report.ok and report.checkpoints > 3
+
+
+@pg
+def test_a_batch_the_statement_declined_is_not_offered_to_it_again(
+        appliance: Appliance, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint falls due within a loop's batch: the function is asked once, then the batch
+    goes straight to the signing path (not to the group's statement, nor the write path's)."""
+    _signed_once(appliance)
+    _checkpoint_due_after(appliance, 1)
+    asked: list[str] = []
+    for name in ("append", "append_async", "append_in_transaction"):
+        real = getattr(audit_statement, name)
+        if name == "append_async":
+            async def counted_async(*args: Any, _real: Any = real) -> Any:
+                asked.append("append_async")
+                return await _real(*args)
+            monkeypatch.setattr(audit_statement, name, counted_async)
+        else:
+            def counted(*args: Any, _real: Any = real, _name: str = name) -> Any:
+                asked.append(_name)
+                return _real(*args)
+            monkeypatch.setattr(audit_statement, name, counted)
+
+    async def append() -> list[int]:
+        return await appliance.loop_appender().append([_entry()])
+
+    seqs = asyncio.run(append())
+    assert asked == ["append_async"]
+    with appliance.sessions() as session:
+        report = audit.verify(session, appliance.keyring)
+        assert report.ok and report.last_checkpoint == seqs[0]
