@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             tp.plain_copy(target, plain_url)
             tp.analyse(url)
             docs = tp.register_documents(target)
+            first_page = tp.contact_ids(url, tp.PAGE)  # every contact is in the client's team
             ours = _head_of(ROOT)
             databases = {name: url for name in sources}
             for index, (name, source) in enumerate(sources.items()):
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                         request = tp._request(server.port, token,
                                               {"documentId": docs[tp.QUERY]})
                         result = tp.drive("trusted", "read", server, lambda rng, r=request: r,
-                                          lambda body: tp.check_read(body, "trusted"),
+                                          tp.ReadCheck("trusted", first_page),
                                           drive_args)
                     finally:
                         tp.stop(server)
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                     request = tp._request(postgraphile.port, None, {"query": tp.PG_QUERY})
                     result = tp.drive("postgraphile", "read", postgraphile,
                                       lambda rng, r=request: r,
-                                      lambda body: tp.check_read(body, "postgraphile"),
+                                      tp.ReadCheck("postgraphile", first_page),
                                       drive_args)
                     _report(results, "postgraphile", round_, result)
     finally:

@@ -39,6 +39,7 @@ from schema.compiled.cache import PLANS
 from schema.compiled.planner import Leaf, Plan, RootPlan
 from schema.compiled.runner import BadVariables, root_arguments
 from schema.compiled.sql import (
+    BUILDING,
     Filters,
     columns_needed,
     filter_params,
@@ -221,8 +222,9 @@ class _Lean:
     def statement(self, keyset: bool, filters: Filters) -> tuple[str, dict[str, Any]]:
         found = self._statements.get((keyset, filters))
         if found is None:
-            compiled = self._combined(keyset, filters).compile(
-                dialect=self.appliance.engine.dialect)
+            with BUILDING:  # the page statement is shared with the runner's threads
+                compiled = self._combined(keyset, filters).compile(
+                    dialect=self.appliance.engine.dialect)
             found = self._statements[(keyset, filters)] = (str(compiled), dict(compiled.params))
         return found
 
@@ -242,7 +244,8 @@ def _lean_for(appliance: Appliance, plan: Plan, shape: _Shape, principal: Princi
     key = (principal.roles, principal.team is not None, id(policy), policy.version, keys_version)
     found = variants.get(key)
     if found is None:
-        found = _Lean(appliance, shape, principal, policy)
+        with BUILDING:
+            found = _Lean(appliance, shape, principal, policy)
         with _LOCK:
             if len(variants) >= _MAX_VARIANTS:
                 variants.clear()

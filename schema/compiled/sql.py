@@ -25,13 +25,31 @@ from security.authz import READ, PolicySnapshot
 from security.principal import Principal
 from storage.models import Account, Contact, SubjectKey
 
-_ACCOUNT = aliased(Account, name="acc")
 _COLUMNS = {"contact": {p.key for p in inspect(Contact).column_attrs},
             "account": {p.key for p in inspect(Account).column_attrs}}
+
+
+def primed_alias() -> Any:
+    """`accounts AS acc`, with every column attribute adapted to the alias now.
+
+    SQLAlchemy adapts an aliased class's attributes lazily, and two threads doing it at once
+    can each see the alias's column collection half built: one of them then renders
+    `accounts.key_version` instead of `acc.key_version`, which makes the page a cross join
+    with every account (50 copies of the first contact, seen under load). Adapting them all
+    once, here, leaves nothing for requests to build."""
+    alias = aliased(Account, name="acc")
+    for key in _COLUMNS["account"]:
+        getattr(alias, key).__clause_element__()
+    return alias
+
+
+_ACCOUNT = primed_alias()
 #: What the guard reads besides the fields themselves: ids, key versions, record rules.
 _ALWAYS = ("id", "owner", "team", "key_version")
 _STATEMENTS: dict[Any, Any] = {}
-_LOCK = threading.Lock()
+#: Held while a statement is built: SQLAlchemy builds some of a construct's parts (column
+#: collections, adapted attributes) on first use, and is not safe when threads race to do it.
+BUILDING = threading.RLock()
 
 
 def needed(ctx: RequestContext, object_type: str, fields: Iterable[str]) -> tuple[str, ...]:
@@ -70,6 +88,18 @@ def page_statement(contact_columns: tuple[str, ...], account_columns: tuple[str,
     found = _STATEMENTS.get(key)
     if found is not None:
         return found
+    with BUILDING:
+        found = _STATEMENTS.get(key)
+        if found is None:
+            found = _build(contact_columns, account_columns, scope, filters, keyset)
+            if len(_STATEMENTS) >= 1024:
+                _STATEMENTS.clear()
+            _STATEMENTS[key] = found
+    return found
+
+
+def _build(contact_columns: tuple[str, ...], account_columns: tuple[str, ...] | None,
+           scope: tuple[bool, bool, bool], filters: Filters, keyset: bool) -> Any:
     everyone, team, own = scope
     if everyone:
         clause: ColumnElement[bool] = true()
@@ -106,12 +136,7 @@ def page_statement(contact_columns: tuple[str, ...], account_columns: tuple[str,
         query = select(*columns, *(getattr(_ACCOUNT, key).label(f"acc__{key}")
                                    for key in account_columns)).outerjoin(
             _ACCOUNT, _ACCOUNT.id == paged.c.account_id)
-    found = query.order_by(paged.c.id)
-    with _LOCK:
-        if len(_STATEMENTS) >= 1024:
-            _STATEMENTS.clear()
-        _STATEMENTS[key] = found
-    return found
+    return query.order_by(paged.c.id)
 
 
 #: Which of the contact filters a page statement applies: accountId, owner, email, phone.
