@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -278,7 +280,12 @@ def create_app(appliance: Appliance) -> Starlette:
         *console.routes(appliance),
         Mount("/static", StaticFiles(packages=[("api", "static")]), name="static"),
     ]
-    app = Starlette(routes=routes)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await appliance.close_loop_connections()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(SecurityHeaders)
     app.state.appliance = appliance
     return app

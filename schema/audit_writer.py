@@ -29,7 +29,7 @@ from security.audit import AuditEntry
 from security.audit_group import GroupAppender, LoopAppender
 from security.keys import KeyRing
 from storage.models import AuditHead
-from storage.raw_connections import DedicatedConnection, LoopConnection
+from storage.raw_connections import DedicatedConnection, LoopConnection, LoopDatabaseError
 
 
 class AuditWriter:
@@ -104,7 +104,7 @@ class AuditWriter:
         after = self._committed
         try:
             seqs = await audit_statement.append_async(await connection.get(), entries)
-        except (audit_statement.NotWritten, psycopg.Error):  # refused, or could not connect
+        except (audit_statement.NotWritten, *LoopDatabaseError):  # refused, or no connection
             connection.discard()
             return None
         except audit_statement.MaybeWritten:
@@ -128,6 +128,12 @@ class AuditWriter:
             self.statement_batches += 1
             self.statement_entries += len(seqs)
         return seqs
+
+    async def close_loop(self) -> None:
+        """Close the running event loop's connection (before that loop ends)."""
+        found = self._loops.pop(asyncio.get_running_loop(), None)
+        if found is not None and found[1] is not None:
+            await found[1].close()
 
     def close(self) -> None:
         if self._connection is not None:

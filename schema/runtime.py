@@ -161,6 +161,13 @@ class Appliance:
             checks["keys"] = "unavailable"
         return all(v == "ok" for v in checks.values()), checks
 
+    async def close_loop_connections(self) -> None:
+        """Close the plain connections the running event loop opened (the lean lane's, the
+        audit appender's): call before that loop ends (the server's shutdown does)."""
+        if self.raw_connections is not None:
+            await self.raw_connections.close_loop()
+        await self.audit_writer.close_loop()
+
     def close(self) -> None:
         if self.shipper is not None:
             self.shipper.close()

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
 import psycopg
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -34,6 +35,7 @@ from security import audit
 from security.audit import HEAD_FOR_UPDATE, AuditEntry, canonical_json
 from security.keys import KeyRing
 from storage.models import AuditEvent
+from storage.raw_connections import LoopDatabaseError
 
 
 class NotWritten(Exception):
@@ -47,6 +49,8 @@ class MaybeWritten(Exception):
 
 
 _CALL = "SELECT audit_append_entries(" + ", ".join(["%b"] * 11) + ")"
+#: The same for asyncpg (an event loop's connection), which numbers its parameters.
+_LOOP_CALL = "SELECT audit_append_entries(" + ", ".join(f"${n}" for n in range(1, 12)) + ")"
 
 
 def arguments(entries: Sequence[AuditEntry]) -> list[list[str | None]]:
@@ -102,19 +106,20 @@ def append(connection: psycopg.Connection[Any],
     return _seqs(row[0] if row else None, len(entries))
 
 
-async def append_async(connection: psycopg.AsyncConnection[Any],
+async def append_async(connection: asyncpg.Connection,
                        entries: Sequence[AuditEntry]) -> list[int] | None:
-    """`append` on an async connection in autocommit mode (a server worker's event loop)."""
+    """`append` on an event loop's connection (asyncpg, autocommit): a server worker's."""
     if not entries:
         return []
-    if connection.closed or connection.broken:
+    if connection.is_closed():
         raise NotWritten()
     try:
-        cursor = await connection.execute(_CALL, arguments(entries), prepare=True)
-        row = await cursor.fetchone()
-    except psycopg.Error as exc:
-        raise _failure(connection) from exc
-    return _seqs(row[0] if row else None, len(entries))
+        last = await connection.fetchval(_LOOP_CALL, *arguments(entries))
+    except LoopDatabaseError as exc:
+        # Refused by the server on a connection still open: nothing was written. A connection
+        # that broke may have carried the statement through to its commit.
+        raise (MaybeWritten() if connection.is_closed() else NotWritten()) from exc
+    return _seqs(last, len(entries))
 
 
 def append_in_transaction(session: Session,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import operator
 import os
 import struct
 from collections.abc import Callable, Sequence
@@ -112,8 +113,7 @@ def row_places(ids: Sequence[str], versions: Sequence[int]) -> tuple[list[bytes]
     """For rows of these ids and key versions: each one's sealed-value header and the end of
     its associated data, as `open_column` takes them (worked out once per row, not per value)."""
     headers = list(map(_HEADER.pack, itertools.repeat(FORMAT, len(versions)), versions))
-    suffixes = [b"%s\x00%d" % (row_id.encode(), version)
-                for row_id, version in zip(ids, versions, strict=True)]
+    suffixes = list(map(b"%s\x00%d".__mod__, zip(map(str.encode, ids), versions, strict=True)))
     return headers, suffixes
 
 
@@ -131,14 +131,20 @@ def open_column(keys: Sequence[PreparedKey | None], headers: Sequence[bytes],
                                                      strict=True)]
     present = cast(Sequence[bytes], blobs)
     prepared = cast(Sequence[PreparedKey], keys)
-    if [blob[:5] for blob in present] != headers or min(map(len, present), default=33) < 33:
+    if list(map(_HEADER_PART, present)) != headers or min(map(len, present), default=33) < 33:
         raise FieldDecryptionError()
     try:
-        opened = list(map(AESGCM.decrypt, prepared, [blob[5:17] for blob in present],
-                          [blob[17:] for blob in present], map(where.__add__, suffixes)))
+        opened = list(map(AESGCM.decrypt, prepared, map(_NONCE_PART, present),
+                          map(_BODY_PART, present), map(where.__add__, suffixes)))
     except InvalidTag:
         raise FieldDecryptionError() from None
     return list(map(bytes.decode, opened))
+
+
+# A sealed value's parts, cut by C code (`operator.itemgetter` of a slice).
+_HEADER_PART = operator.itemgetter(slice(0, 5))
+_NONCE_PART = operator.itemgetter(slice(5, 17))
+_BODY_PART = operator.itemgetter(slice(17, None))
 
 
 def _open_one(key: PreparedKey | None, header: bytes, suffix: bytes, where: bytes,

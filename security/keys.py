@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Iterable
+from typing import cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
@@ -39,6 +40,10 @@ PURPOSES = (FIELD, BLIND_INDEX, AUDIT_SIGNING, TOKEN_SIGNING)
 #: (per process).
 OPENED_SUBJECT_KEY_SECONDS = 60.0
 OPENED_SUBJECT_KEYS_MAX = 50_000
+
+
+#: An opened subject key's lookup: (subject, version, wrapped key as stored).
+_OpenedKey = tuple[str, int, bytes]
 
 
 def _data_key_label(purpose: str, version: int) -> bytes:
@@ -84,8 +89,13 @@ class KeyRing:
         # erased subject's rows are gone, and no request can name the key again); entries
         # expire after OPENED_SUBJECT_KEY_SECONDS, so an erasure made by another process leaves
         # the plain key in this one's memory for at most that long (this process forgets it
-        # at once). A new key ring (keys rotated) starts empty.
-        self._opened: dict[str, dict[tuple[int, bytes], tuple[bytes, PreparedKey, float]]] = {}
+        # at once). A new key ring (keys rotated) starts empty. Every opened key is dropped at
+        # the end of each period of that length (so none is kept longer), which keeps the
+        # lookup of a page's keys a plain dictionary lookup per row.
+        self._opened: dict[_OpenedKey, tuple[bytes, PreparedKey]] = {}
+        self._prepared: dict[_OpenedKey, PreparedKey] = {}
+        self._opened_of: dict[str, list[_OpenedKey]] = {}
+        self._opened_until = 0.0
 
     @classmethod
     def load(cls, session: Session, kek: bytes) -> KeyRing:
@@ -140,44 +150,52 @@ class KeyRing:
     def open_subject_key(self, subject_id: str, version: int,
                          wrapped: bytes) -> tuple[bytes, PreparedKey]:
         """The subject's key, and the same prepared for AES-GCM (both reused a while)."""
-        wrapped = bytes(wrapped)
-        now = time.monotonic()
-        known = self._opened.get(subject_id)
-        found = known.get((version, wrapped)) if known is not None else None
-        if found is not None and found[2] > now:
-            return found[0], found[1]
-        key = self._unwrap_subject_key(subject_id, version, wrapped)
+        lookup = (subject_id, version, bytes(wrapped))
+        self._expire_opened()
+        found = self._opened.get(lookup)
+        if found is not None:
+            return found
+        key = self._unwrap_subject_key(subject_id, version, lookup[2])
         prepared = prepare_key(key)
-        if known is None:
-            if len(self._opened) >= OPENED_SUBJECT_KEYS_MAX:
-                self._opened.clear()
-            known = self._opened.setdefault(subject_id, {})
-        known[(version, wrapped)] = (key, prepared, now + OPENED_SUBJECT_KEY_SECONDS)
+        if len(self._opened) >= OPENED_SUBJECT_KEYS_MAX:
+            self._drop_opened()
+        self._opened[lookup] = (key, prepared)
+        self._prepared[lookup] = prepared
+        self._opened_of.setdefault(subject_id, []).append(lookup)
         return key, prepared
 
     def prepared_subject_keys(self, subjects: Iterable[tuple[str, int, bytes]],
                               ) -> list[PreparedKey]:
         """`open_subject_key`'s prepared keys for many (subject, version, wrapped key) at once
-        (a page of rows), with the same reuse."""
+        (a page of rows), with the same reuse: looked up by C loops when all are opened."""
+        self._expire_opened()
+        lookups = list(subjects)
+        found: list[PreparedKey | None] = list(map(self._prepared.get, lookups))
+        if None not in found:
+            return cast(list[PreparedKey], found)
+        return [key if key is not None else self.open_subject_key(*lookup)[1]
+                for key, lookup in zip(found, lookups, strict=True)]
+
+    def _expire_opened(self) -> None:
         now = time.monotonic()
-        opened = self._opened
-        out = []
-        for subject_id, version, wrapped in subjects:
-            known = opened.get(subject_id)
-            found = known.get((version, wrapped)) if known is not None else None
-            if found is not None and found[2] > now:
-                out.append(found[1])
-            else:
-                out.append(self.open_subject_key(subject_id, version, wrapped)[1])
-        return out
+        if now >= self._opened_until:
+            self._drop_opened()
+            self._opened_until = now + OPENED_SUBJECT_KEY_SECONDS
+
+    def _drop_opened(self) -> None:
+        self._opened.clear()
+        self._prepared.clear()
+        self._opened_of.clear()
 
     def forget_subject(self, subject_id: str) -> None:
         """Drop the opened keys of a subject (its keys are being destroyed)."""
-        self._opened.pop(subject_id, None)
+        for lookup in self._opened_of.pop(subject_id, ()):
+            self._opened.pop(lookup, None)
+            self._prepared.pop(lookup, None)
 
     def holds_opened_key(self, subject_id: str) -> bool:
         """Whether this process still keeps an opened key of the subject in memory."""
-        return subject_id in self._opened
+        return subject_id in self._opened_of
 
     def _unwrap_subject_key(self, subject_id: str, version: int, wrapped: bytes) -> bytes:
         prepared = self._prepared_field_keys.get(version)

@@ -1,12 +1,23 @@
-"""Plain async psycopg connections for one-statement reads (the lean lane of compiled
-documents, run on the server's event loop without a worker thread).
+"""Plain database connections outside the ORM, for the server's hottest statements.
+
+- `RawConnections`: read-only connections for one-statement reads on the server's event loop
+  (the lean lane of compiled documents).
+- `LoopConnection`: one writable connection per event loop, for the audit appender.
+- `DedicatedConnection`: one writable sync connection for a worker thread (the audit group's
+  leader).
+
+The event loop's connections are asyncpg's: its protocol, parameter encoding and row decoding
+are compiled code, and it prepares each statement once per connection and keeps it, so the
+loop spends a small fraction of the Python work psycopg's async path needs per statement
+(measured in docs/performance.md). The rest of the appliance talks through SQLAlchemy and
+psycopg as before.
 
 A read that is a single SELECT needs no transaction, no ORM session and no pool pre-ping: the
 statement is its own snapshot, and a connection that was lost fails the statement, which the
-caller answers by running the request the ordinary way (with its retries). These connections
-are in autocommit mode, read-only (`default_transaction_read_only`), and carry the appliance's
-statement timeout as a session setting. Connections belong to the event loop that opened them
-(each server worker has one); at most `size` idle ones are kept per loop.
+caller answers by running the request the ordinary way (with its retries). The read
+connections are in autocommit mode, read-only (`default_transaction_read_only`), and carry the
+appliance's statement timeout as a session setting. Connections belong to the event loop that
+opened them (each server worker has one); at most `size` idle ones are kept per loop.
 """
 
 from __future__ import annotations
@@ -14,62 +25,108 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import asyncpg
 import psycopg
 from sqlalchemy.engine import URL
 
 T = TypeVar("T")
 
+#: What asyncpg raises when a statement failed: the server refused it, or the connection
+#: broke (asyncpg's own interface errors, and the socket's).
+LoopDatabaseError = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
 
 def conninfo(url: URL) -> str:
-    """The libpq address of a SQLAlchemy PostgreSQL URL."""
+    """The libpq address of a SQLAlchemy PostgreSQL URL (asyncpg takes the same)."""
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def abandon(connection: asyncpg.Connection) -> None:
+    """Close a connection at once, without waiting on its event loop (its state is unknown,
+    or the loop is going away). A connection whose loop has already closed cannot be closed
+    through it; its socket goes with the loop's transport (close connections before their loop
+    ends: `RawConnections.close_loop`, `LoopConnection.close`)."""
+    try:
+        connection.terminate()
+    except RuntimeError:  # its event loop is closed
+        pass
+
+
+async def _until_loop_ends(close: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await close()
+
+
+async def close_when_loop_ends(close: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+    """Have `close()` awaited when the running event loop shuts down (keep the returned
+    object as long as the connections it closes). asyncio.run, asyncio.Runner and the test
+    clients close every live async generator of a loop just before closing the loop; a
+    connection closed then goes cleanly, where one found after its loop closed cannot be."""
+    sentinel = _until_loop_ends(close)
+    await anext(sentinel)
+    return sentinel
+
+
+async def _connect(address: str, settings: dict[str, str]) -> asyncpg.Connection:
+    # No statement cache limit worth having: a worker runs a few dozen statement shapes.
+    return await asyncpg.connect(address, server_settings=settings,
+                                 statement_cache_size=256)
 
 
 class RawConnections:
     def __init__(self, url: URL, *, size: int, statement_timeout_ms: int) -> None:
         self._conninfo = conninfo(url)
-        options = ["-c default_transaction_read_only=on"]
+        self._settings = {"default_transaction_read_only": "on"}
         if statement_timeout_ms:
-            options.append(f"-c statement_timeout={int(statement_timeout_ms)}")
-        self._options = " ".join(options)
+            self._settings["statement_timeout"] = str(int(statement_timeout_ms))
         self._size = size
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._idle: list[asyncpg.Connection] = []
+        self._closer: AsyncIterator[None] | None = None
         self.opened = 0
 
-    async def get(self) -> psycopg.AsyncConnection[Any]:
+    async def get(self) -> asyncpg.Connection:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # another loop (a test client's): the old ones are not ours
             self._drop_idle()
             self._loop = loop
+            self._closer = await close_when_loop_ends(self.close_loop)
         if self._idle:
             return self._idle.pop()
-        connection = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True,
-                                                           options=self._options)
+        connection = await _connect(self._conninfo, self._settings)
         self.opened += 1
         return connection
 
-    async def put(self, connection: psycopg.AsyncConnection[Any]) -> None:
+    def put(self, connection: asyncpg.Connection) -> None:
         """Give back a connection that answered its statement in full."""
-        if (len(self._idle) < self._size and not connection.closed
+        if (len(self._idle) < self._size and not connection.is_closed()
                 and asyncio.get_running_loop() is self._loop):
             self._idle.append(connection)
         else:
-            await connection.close()
+            abandon(connection)
 
     @staticmethod
-    def discard(connection: psycopg.AsyncConnection[Any]) -> None:
+    def discard(connection: asyncpg.Connection) -> None:
         """Close a connection whose statement failed or was cancelled (its state is unknown),
         at once and without waiting on the loop."""
-        connection.pgconn.finish()
+        abandon(connection)
 
     def _drop_idle(self) -> None:
         idle, self._idle = self._idle, []
         for connection in idle:
-            self.discard(connection)
+            abandon(connection)
+
+    async def close_loop(self) -> None:
+        """Close the running loop's idle connections (before that loop ends)."""
+        if asyncio.get_running_loop() is self._loop:
+            idle, self._idle = self._idle, []
+            for connection in idle:
+                await connection.close(timeout=2)
 
     def close(self) -> None:
         self._drop_idle()
@@ -107,28 +164,36 @@ class DedicatedConnection:
 
 
 class LoopConnection:
-    """One plain async connection in autocommit mode, writable, for one writer at a time on the
+    """One plain connection in autocommit mode, writable, for one writer at a time on the
     event loop that opened it (a server worker's audit appender). A connection that failed is
     dropped by `discard`; the next `get` opens a fresh one."""
 
     def __init__(self, url: URL) -> None:
         self._conninfo = conninfo(url)
-        self._connection: psycopg.AsyncConnection[Any] | None = None
+        self._connection: asyncpg.Connection | None = None
+        self._closer: AsyncIterator[None] | None = None
 
-    async def get(self) -> psycopg.AsyncConnection[Any]:
+    async def get(self) -> asyncpg.Connection:
         connection = self._connection
-        if connection is None or connection.closed or connection.broken:
+        if connection is None or connection.is_closed():
             self.discard()
-            connection = self._connection = await psycopg.AsyncConnection.connect(
-                self._conninfo, autocommit=True)
+            connection = self._connection = await _connect(self._conninfo, {})
+            if self._closer is None:
+                self._closer = await close_when_loop_ends(self.close)
         return connection
 
     def discard(self) -> None:
         """Close the connection at once, without waiting on the loop (its state is unknown,
         or the loop is going away)."""
         connection, self._connection = self._connection, None
-        if connection is not None and not connection.closed:
-            connection.pgconn.finish()
+        if connection is not None and not connection.is_closed():
+            abandon(connection)
+
+    async def close(self) -> None:
+        """Close the connection on its own loop (which is running)."""
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed():
+            await connection.close(timeout=2)
 
     def __del__(self) -> None:
         # Dropped with the event loop it belonged to (a finished asyncio.run, say), which

@@ -40,7 +40,7 @@ def _race(threads: int) -> list[str]:
     def build() -> None:
         start.wait()
         statement = sql.page_statement(CONTACT_COLUMNS, ACCOUNT_COLUMNS, (False, True, False),
-                                       (False, False, False, False), False)
+                                       (False, False, False, False), False, 51)
         rendered.append(str(statement.compile(dialect=postgresql.dialect())))
 
     workers = [threading.Thread(target=build) for _ in range(threads)]

@@ -27,13 +27,15 @@ import functools
 import json
 import operator
 import threading
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import compress, repeat
 from typing import Any
 
-import psycopg
 from graphql import GraphQLSchema
-from sqlalchemy import Text, cast, select, true
+from sqlalchemy import Text, cast, select
+from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
 from schema.compiled.cache import PLANS
 from schema.compiled.planner import Leaf, Plan, RootPlan
@@ -53,16 +55,21 @@ from schema.runtime import Appliance
 from security import page_reader
 from security.authz import READ, Decision, PolicySnapshot
 from security.errors import EnclaveError
-from security.guard import record_rule
 from security.principal import Principal
 from storage.columns import UTCDateTime
+from storage.raw_connections import LoopDatabaseError
 
 _NOT_LEAN = False
+#: Where the prelude's values stand in a row (`_Lean._combined`, `_prelude_only`).
+_KEYS_AT, _POLICY_AT, _CLIENT_AT, _CLIENTS_AT = range(4)
 _NO_FILTER: Filters = (False, False, False, False)
 _PLAIN = frozenset({str, type(None)})
 _to_utc = UTCDateTime().process_result_value
 #: Lean plans kept per compiled plan (role sets x policy versions x keys versions).
 _MAX_VARIANTS = 64
+#: Statements kept per lean plan (keyset or not x filters x page sizes).
+_MAX_STATEMENTS = 512
+_DIALECT = asyncpg_dialect.dialect()
 
 
 @dataclass(frozen=True)
@@ -173,14 +180,15 @@ class _Lean:
         self.account_columns = (columns_needed(policy, "account", root.fields.get("account", ()))
                                 if root.joins_account else None)
         self.appliance = appliance
-        self._statements: dict[tuple[bool, Filters], tuple[str, dict[str, Any]]] = {}
-        sample = self._combined(False, _NO_FILTER)
+        self._statements: dict[tuple[bool, Filters, int], _Statement] = {}
+        sample = self._combined(False, _NO_FILTER, 1)
         names = list(sample.selected_columns.keys())
         at = {name: index for index, name in enumerate(names)}
         if len(at) != len(names):
             return
-        self.keys_at, self.policy_at = at["keys_version"], at["policy_version"]
-        self.client_at, self.clients_at = at["client_active"], at["document_clients"]
+        if (at["keys_version"], at["policy_version"], at["client_active"],
+                at["document_clients"]) != (_KEYS_AT, _POLICY_AT, _CLIENT_AT, _CLIENTS_AT):
+            return
         self.id_at = at["id"]
         self.node = _Writer(shape.leaves)
         contact_fields = [*self.node.names, *(["account"] if shape.account else [])]
@@ -206,27 +214,62 @@ class _Lean:
                 [at[f"acc__{step.attribute}"] for step in account_steps],
                 id_at=self.joined_id_at, version_at=at["acc__key_version"],
                 wrapped_at=self.joined_id_at)
-            self.account_rule = record_rule(policy.scopes(roles, "account", READ), principal)
+            self.account_rule = page_reader.record_rule_columns(
+                policy.scopes(roles, "account", READ), principal)
         self.ok = True
 
-    def _combined(self, keyset: bool, filters: Filters) -> Any:
-        pre = prelude_statement(False, True, True).subquery("pre")
+    def _combined(self, keyset: bool, filters: Filters, size: int) -> Any:
+        """The page statement with the prelude's values as columns of every row: sub-selects
+        that do not depend on the row, which PostgreSQL computes once per statement."""
         page = page_statement(self.contact_columns, self.account_columns, self.scope,
-                              filters, keyset).lateral("p")
-        # The prelude's columns repeat on every row: the clients come as text, parsed once.
-        prelude = [cast(column, Text).label(column.name) if column.name == "document_clients"
-                   else column for column in pre.c]
-        return (select(*prelude, *page.c).select_from(pre).outerjoin(page, true())
-                .order_by(page.c.id))
+                              filters, keyset, size)
+        # The prelude first: its values stand where they stand in `_prelude_only`'s row.
+        return page.with_only_columns(*_prelude_columns(), *page.selected_columns)
 
-    def statement(self, keyset: bool, filters: Filters) -> tuple[str, dict[str, Any]]:
-        found = self._statements.get((keyset, filters))
+    def statement(self, keyset: bool, filters: Filters, size: int) -> _Statement:
+        found = self._statements.get((keyset, filters, size))
         if found is None:
             with BUILDING:  # the page statement is shared with the runner's threads
-                compiled = self._combined(keyset, filters).compile(
-                    dialect=self.appliance.engine.dialect)
-            found = self._statements[(keyset, filters)] = (str(compiled), dict(compiled.params))
+                found = _Statement(self._combined(keyset, filters, size))
+            if len(self._statements) >= _MAX_STATEMENTS:
+                self._statements.clear()
+            self._statements[(keyset, filters, size)] = found
         return found
+
+
+def _prelude_columns() -> list[Any]:
+    # The clients come as text, parsed once.
+    return [cast(column, Text).label(column.name) if column.name == "document_clients"
+            else column for column in prelude_statement(False, True, True).selected_columns]
+
+
+class _Statement:
+    """A statement as asyncpg runs it: its text with $n placeholders and the names of its
+    parameters in order (SQLAlchemy's asyncpg dialect writes both)."""
+
+    __slots__ = ("defaults", "names", "sql")
+
+    def __init__(self, statement: Any) -> None:
+        compiled = statement.compile(dialect=_DIALECT)
+        self.sql = str(compiled)
+        self.names = tuple(compiled.positiontup or ())
+        self.defaults = dict(compiled.params)
+
+    def arguments(self, params: Mapping[str, Any]) -> list[Any]:
+        defaults = self.defaults
+        return [params[name] if name in params else defaults[name] for name in self.names]
+
+
+#: The empty page's statement: the prelude alone.
+_PRELUDE_ONLY: _Statement | None = None
+
+
+def _prelude_only() -> _Statement:
+    global _PRELUDE_ONLY
+    if _PRELUDE_ONLY is None:
+        with BUILDING:
+            _PRELUDE_ONLY = _Statement(select(*_prelude_columns()))
+    return _PRELUDE_ONLY
 
 
 _LOCK = threading.Lock()
@@ -291,10 +334,7 @@ async def run(appliance: Appliance, principal: Principal, schema: GraphQLSchema,
         filters, filter_values = filter_params(contact_filter, appliance.keyring.search_index)
     except EnclaveError:
         return None
-    sql, defaults = lean.statement(after_id is not None, filters)
-    params = dict(defaults)
-    params.update(filter_values)
-    params["size"] = size + 1
+    params = filter_values
     params["client_id"] = principal.id
     params["document_id"] = document_id
     if after_id is not None:
@@ -303,27 +343,29 @@ async def run(appliance: Appliance, principal: Principal, schema: GraphQLSchema,
         params["scope_team"] = principal.team
     if lean.own:
         params["scope_owner"] = principal.id
+    statement = lean.statement(after_id is not None, filters, size + 1)
     connection = await connections.get()
     try:
-        cursor = await connection.execute(sql, params, binary=True)
-        rows = await cursor.fetchall()
-    except psycopg.Error:
+        rows = await connection.fetch(statement.sql, *statement.arguments(params))
+        if rows:
+            head = rows[0]
+        else:  # an empty page: the prelude's values on their own
+            prelude = _prelude_only()
+            head = await connection.fetchrow(prelude.sql, *prelude.arguments(params))
+    except LoopDatabaseError:
         connections.discard(connection)  # lost, timed out...: the usual path retries
         return None
     except BaseException:
         connections.discard(connection)  # cancelled mid-statement: its state is unknown
         raise
-    await connections.put(connection)
-    head = rows[0]
-    clients = head[lean.clients_at]
+    connections.put(connection)
+    clients = head[_CLIENTS_AT]
     clients = json.loads(clients) if clients is not None else None
-    if (int(head[lean.keys_at] or 0) != keys_version
-            or int(head[lean.policy_at] or 0) != policy.version
-            or head[lean.client_at] is not True or not isinstance(clients, list)
+    if (int(head[_KEYS_AT] or 0) != keys_version
+            or int(head[_POLICY_AT] or 0) != policy.version
+            or head[_CLIENT_AT] is not True or not isinstance(clients, list)
             or (appliance.settings.documents == "trusted" and principal.id not in clients)):
         return None
-    if head[lean.id_at] is None:
-        rows = []
     try:
         answer, reads = _answer(plan, shape, lean, rows, size, after_id is not None)
     except page_reader.NotPlain:
@@ -336,6 +378,11 @@ async def run(appliance: Appliance, principal: Principal, schema: GraphQLSchema,
     data = {root.key: (query.name if root.name == "__typename" and query is not None
                        else answer) for root in plan.roots}
     return {"data": data}
+
+
+def _consume(iterator: Iterator[Any]) -> None:
+    """Run an iterator of side effects to its end (in C)."""
+    deque(iterator, maxlen=0)
 
 
 def _answer(plan: Plan, shape: _Shape, lean: _Lean, rows: list[Any], size: int,
@@ -359,18 +406,17 @@ def _answer(plan: Plan, shape: _Shape, lean: _Lean, rows: list[Any], size: int,
         stored = list(map(operator.itemgetter(lean.account_id_at), page))
         if read_ids != stored or joined != stored:
             raise page_reader.NotPlain()
-        rule = lean.account_rule
         accounts = lean.account.write(joined, lean.read_accounts(page))
-        account_ids: dict[str, None] = {}
-        for node, account, account_id, team, owner in zip(
-                nodes, accounts, joined, map(operator.itemgetter(lean.account_team_at), page),
-                map(operator.itemgetter(lean.account_owner_at), page), strict=True):
-            if account_id is not None and rule(team, owner):
-                node[account_key] = account
-                account_ids[account_id] = None
-            else:
-                node[account_key] = None
-        reads.append(("account", account_ids, lean.account_labels))
+        # A contact without an account, or whose account the caller may not see, reads null.
+        shown = list(map(operator.and_, map(operator.is_not, joined, repeat(None)),
+                         lean.account_rule(list(map(operator.itemgetter(lean.account_team_at),
+                                                    page)),
+                                           list(map(operator.itemgetter(lean.account_owner_at),
+                                                    page)))))
+        # (None, account)[shown]: the account where shown, else None.
+        _consume(map(dict.__setitem__, nodes, repeat(account_key),
+                     map(operator.getitem, zip(repeat(None), accounts), shown)))
+        reads.append(("account", dict.fromkeys(compress(joined, shown)), lean.account_labels))
     return _connection(shape.root, page, nodes, lean.id_at, len(rows) > size,
                        has_previous), reads
 
@@ -385,8 +431,8 @@ def _connection(root: RootPlan, page: list[Any], nodes: list[dict[str, Any]], id
         elif leaf.kind == "edges":
             inner = leaf.children
             if len(inner) == 1 and inner[0].kind == "node":
-                node_key = inner[0].key
-                out[leaf.key] = [{node_key: node} for node in nodes]
+                # [{node_key: node} for node in nodes], by C loops.
+                out[leaf.key] = list(map(dict, zip(zip(repeat(inner[0].key), nodes))))
                 continue
             edges = []
             for row, node in zip(page, nodes, strict=True):
