@@ -25,7 +25,7 @@ import hashlib
 import itertools
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, cast
@@ -70,9 +70,13 @@ class AuditEntry:
     request_id: str | None = None
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(value: object) -> str:
-    """JSON as the chain hashes it: sorted keys, no spaces, UTF-8 rather than escapes."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """JSON as the chain hashes it: sorted keys, no spaces, UTF-8 rather than escapes (one
+    encoder made once: `json.dumps` builds a new one on every call with these options)."""
+    return _CANONICAL.encode(value)
 
 
 def canonical(row: AuditEvent | Any) -> bytes:
@@ -141,7 +145,7 @@ def append(session: Session, entries: Iterable[AuditEntry], *, keyring: KeyRing,
 
 def _chained(entries: Sequence[AuditEntry], seq: int, prev_hash: str) -> list[dict[str, Any]]:
     """The rows of `entries` appended after entry `seq` of hash `prev_hash`, each chained to
-    the one before it."""
+    the one before it, with its Merkle leaf hash."""
     rows: list[dict[str, Any]] = []
     for entry in entries:
         seq += 1
@@ -154,7 +158,9 @@ def _chained(entries: Sequence[AuditEntry], seq: int, prev_hash: str) -> list[di
             "decision": entry.decision, "reason": entry.reason, "request_id": entry.request_id,
             "prev_hash": prev_hash,
         }
-        values["hash"] = prev_hash = entry_hash(SimpleNamespace(**values))
+        data = canonical(SimpleNamespace(**values))
+        values["hash"] = prev_hash = hashlib.sha256(data).hexdigest()
+        values["leaf"] = leaf_hash(data).hex()
         rows.append(values)
     return rows
 
@@ -193,37 +199,71 @@ def _tree_at(session: Session, seq: int,
     if (stored is not None and last is not None and stored.size == last.seq <= seq
             and checkpoint_note.signature_name(last.signature) is not None
             and stored.root().hex() == last.hash):
-        tree = stored
+        tree, rebuild = stored, False
     else:
         if stored is not None:
             log.warning("the stored audit Merkle tree does not match the last signed "
                         "checkpoint; rebuilding it from the entries")
-        tree = Frontier()
+        tree, rebuild = Frontier(), True
     known = [row for row in appended if row["seq"] > tree.size]
     if not known or known[-1]["seq"] != seq or \
             [row["seq"] for row in known] != list(range(known[0]["seq"], seq + 1)):
         known = []
     read_to = known[0]["seq"] - 1 if known else seq
-    stored_rows = select(*CANONICAL_COLUMNS).where(
-        AuditEvent.seq > tree.size, AuditEvent.seq <= read_to).order_by(AuditEvent.seq)
-    if read_to - tree.size > 1000:  # a rebuild: stream rather than hold every entry at once
-        stored_rows = stored_rows.execution_options(yield_per=1000)
-    rows: Iterable[Any] = itertools.chain(session.execute(stored_rows),
-                                          (SimpleNamespace(**row) for row in known))
-    for row in rows:
-        if row.seq != tree.size + 1:
+    # Rebuilding (something did not match): every leaf made afresh from the columns.
+    leaves = itertools.chain(
+        _leaves_from_columns(session, tree.size, read_to) if rebuild
+        else _stored_leaves(session, tree.size, read_to),
+        ((row["seq"], bytes.fromhex(row["leaf"])) for row in known))
+    for entry_seq, leaf in leaves:
+        if entry_seq != tree.size + 1:
             raise EnclaveError(f"audit entry {tree.size + 1} is missing; no checkpoint can be "
                                "signed: run `enclave audit verify`")
-        try:
-            tree.append(entry_leaf(row))
-        except (ValueError, TypeError):
-            raise EnclaveError(f"audit entry {row.seq} no longer holds what was appended; no "
-                               "checkpoint can be signed: run `enclave audit verify`") from None
+        tree.append(leaf)
     if tree.size != seq:
         raise EnclaveError(f"the audit log ends at {tree.size}, not {seq}; no checkpoint can be "
                            "signed: run `enclave audit verify`")
     _save_tree(session, tree)
     return tree
+
+
+def _stored_leaves(session: Session, after: int, to: int) -> Iterator[tuple[int, bytes]]:
+    """(seq, leaf hash) of the entries after `after` up to `to`, in order: the leaf the
+    appender stored, or for an entry appended before leaves were stored, made from its
+    columns."""
+    rows = select(AuditEvent.seq, AuditEvent.leaf).where(
+        AuditEvent.seq > after, AuditEvent.seq <= to).order_by(AuditEvent.seq)
+    if to - after > 1000:  # a rebuild: stream rather than hold every leaf at once
+        rows = rows.execution_options(yield_per=1000)
+    for entry_seq, leaf in session.execute(rows):
+        if leaf is None:
+            yield entry_seq, _leaf_from_columns(session, entry_seq)
+            continue
+        try:
+            found = bytes.fromhex(leaf)
+        except ValueError:
+            found = b""
+        if len(found) != 32:
+            raise EnclaveError(f"audit entry {entry_seq} no longer holds what was appended; no "
+                               "checkpoint can be signed: run `enclave audit verify`")
+        yield entry_seq, found
+
+
+def _leaf_from_columns(session: Session, entry_seq: int) -> bytes:
+    return next(_leaves_from_columns(session, entry_seq - 1, entry_seq))[1]
+
+
+def _leaves_from_columns(session: Session, after: int, to: int) -> Iterator[tuple[int, bytes]]:
+    rows = select(*CANONICAL_COLUMNS).where(
+        AuditEvent.seq > after, AuditEvent.seq <= to).order_by(AuditEvent.seq)
+    if to - after > 1000:
+        rows = rows.execution_options(yield_per=1000)
+    for row in session.execute(rows):
+        try:
+            yield row.seq, entry_leaf(row)
+        except (ValueError, TypeError):
+            raise EnclaveError(f"audit entry {row.seq} no longer holds what was appended; no "
+                               "checkpoint can be signed: run `enclave audit verify`") from None
 
 
 def _load_tree(session: Session) -> Frontier | None:
@@ -308,7 +348,12 @@ def verify(session: Session, keyring: KeyRing) -> VerifyReport:
                 data = None
             if data is None or hashlib.sha256(data).hexdigest() != row.hash:
                 return fail(row.seq, f"entry {row.seq} was altered (its hash no longer matches)")
-            tree.append(leaf_hash(data))
+            leaf = leaf_hash(data)
+            if row.leaf is not None and row.leaf != leaf.hex():
+                # What checkpoints are signed from: one that is not the entry's own would have
+                # the next checkpoint sign another tree.
+                return fail(row.seq, f"entry {row.seq}'s stored leaf hash is not its own")
+            tree.append(leaf)
             checkpoint = checkpoints.get(row.seq)
             if checkpoint is not None:
                 problem = _checkpoint_problem(checkpoint, row.hash, tree, public_keys, origin)

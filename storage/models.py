@@ -156,6 +156,9 @@ class AuditEvent(Base):
     request_id: Mapped[str | None] = mapped_column(String(64))
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    #: The entry's Merkle leaf hash as the appender wrote it (migration 0007; None before):
+    #: what signing a checkpoint reads. Verification recomputes it from the columns above.
+    leaf: Mapped[str | None] = mapped_column(String(64))
 
 
 class AuditHead(Base):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -79,14 +80,21 @@ async def _connect(address: str, settings: dict[str, str]) -> asyncpg.Connection
 
 
 class RawConnections:
+    """At most `size` read connections per event loop; a caller finding them all in use
+    waits for one (first come, first served), so a burst of requests never opens more
+    connections than the database was sized for."""
+
     def __init__(self, url: URL, *, size: int, statement_timeout_ms: int) -> None:
         self._conninfo = conninfo(url)
         self._settings = {"default_transaction_read_only": "on"}
         if statement_timeout_ms:
             self._settings["statement_timeout"] = str(int(statement_timeout_ms))
-        self._size = size
+        self._size = max(1, size)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: list[asyncpg.Connection] = []
+        #: This loop's connections, idle or in use.
+        self._mine: set[Any] = set()
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._closer: AsyncIterator[None] | None = None
         self.opened = 0
 
@@ -94,31 +102,62 @@ class RawConnections:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # another loop (a test client's): the old ones are not ours
             self._drop_idle()
+            self._mine, self._waiters = set(), deque()
             self._loop = loop
             self._closer = await close_when_loop_ends(self.close_loop)
-        if self._idle:
-            return self._idle.pop()
-        connection = await _connect(self._conninfo, self._settings)
+        while True:
+            if self._idle:
+                return self._idle.pop()
+            if len(self._mine) < self._size:
+                return await self._open()
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken, then cancelled: the turn goes to the next in line
+                raise
+
+    async def _open(self) -> asyncpg.Connection:
+        placeholder = _Opening()
+        self._mine.add(placeholder)  # counted while it connects
+        try:
+            connection = await _connect(self._conninfo, self._settings)
+        finally:
+            self._mine.discard(placeholder)
+        self._mine.add(connection)
         self.opened += 1
         return connection
 
     def put(self, connection: asyncpg.Connection) -> None:
         """Give back a connection that answered its statement in full."""
-        if (len(self._idle) < self._size and not connection.is_closed()
+        if (connection in self._mine and not connection.is_closed()
                 and asyncio.get_running_loop() is self._loop):
             self._idle.append(connection)
+            self._wake()
         else:
-            abandon(connection)
+            self.discard(connection)
 
-    @staticmethod
-    def discard(connection: asyncpg.Connection) -> None:
+    def discard(self, connection: asyncpg.Connection) -> None:
         """Close a connection whose statement failed or was cancelled (its state is unknown),
-        at once and without waiting on the loop."""
+        at once and without waiting on the loop; its place goes to the next caller waiting."""
         abandon(connection)
+        if connection in self._mine:
+            self._mine.discard(connection)
+            self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def _drop_idle(self) -> None:
         idle, self._idle = self._idle, []
         for connection in idle:
+            self._mine.discard(connection)
             abandon(connection)
 
     async def close_loop(self) -> None:
@@ -126,10 +165,15 @@ class RawConnections:
         if asyncio.get_running_loop() is self._loop:
             idle, self._idle = self._idle, []
             for connection in idle:
+                self._mine.discard(connection)
                 await connection.close(timeout=2)
 
     def close(self) -> None:
         self._drop_idle()
+
+
+class _Opening:
+    """A connection being opened: it holds its place in the count."""
 
 
 class DedicatedConnection:

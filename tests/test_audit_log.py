@@ -420,8 +420,10 @@ def rechain(conn: Connection, start: int) -> None:
         event = load_event(conn, seq)
         event.prev_hash = prev
         event.hash = audit.entry_hash(event)
-        conn.execute(text("UPDATE audit_events SET prev_hash = :p, hash = :h WHERE seq = :s"),
-                     {"p": event.prev_hash, "h": event.hash, "s": seq})
+        event.leaf = audit.entry_leaf(event).hex()
+        conn.execute(text("UPDATE audit_events SET prev_hash = :p, hash = :h, leaf = :l "
+                          "WHERE seq = :s"),
+                     {"p": event.prev_hash, "h": event.hash, "l": event.leaf, "s": seq})
         prev = event.hash
     top = conn.execute(text("SELECT max(seq) FROM audit_events")).scalar_one()
     conn.execute(text("UPDATE audit_head SET seq = :s, hash = :h WHERE id = 1"),
@@ -443,6 +445,7 @@ def insert_forged(conn: Connection, seq: int) -> None:
     forged.object_ids = json.dumps(["00000000-0000-7000-8000-000000000000"])
     forged.prev_hash = row_hash(conn, seq - 1)
     forged.hash = audit.entry_hash(forged)
+    forged.leaf = audit.entry_leaf(forged).hex()
     columns = [c.name for c in AuditEvent.__table__.columns]
     conn.execute(text(f"INSERT INTO audit_events ({', '.join(columns)}) "
                       f"VALUES ({', '.join(':' + c for c in columns)})"),
@@ -535,6 +538,11 @@ def test_tampering_is_caught_and_located(appliance: Appliance) -> None:
         for c in (c1, c2):
             resign(conn, c, attacker_key)
 
+    def swap_leaf(conn: Connection) -> None:
+        # What the next checkpoint is signed from, pointed at another entry's leaf.
+        conn.execute(text("UPDATE audit_events SET leaf = (SELECT leaf FROM audit_events "
+                          "WHERE seq = :o) WHERE seq = :m"), {"o": m + 1, "m": m})
+
     def unknown_signing_key(conn: Connection) -> None:
         conn.execute(text("UPDATE audit_checkpoints SET key_version = 99 WHERE seq = :c"),
                      {"c": c1})
@@ -552,6 +560,7 @@ def test_tampering_is_caught_and_located(appliance: Appliance) -> None:
         (forge_signature, c0 + 1, "bad signature"),
         (rewrite_and_forge_checkpoints, c0 + 1, "bad signature"),
         (unknown_signing_key, c0 + 1, "unknown signing key"),
+        (swap_leaf, m, "stored leaf"),
     ]
     for number, (attack, first_bad, words) in enumerate(attacks):
         name = attack.__name__
@@ -588,3 +597,24 @@ def test_rewriting_and_deleting_the_later_checkpoints_is_caught(appliance: Appli
     report = verify(appliance)
     assert not report.ok, report
     assert report.first_bad_seq == checkpoints[0] + 1, report
+
+
+def test_checkpoints_signed_from_stored_leaves_sign_the_tree_of_the_entries(
+        appliance: Appliance) -> None:
+    """Checkpoints are grown from the leaves the appenders stored; the roots they sign are the
+    roots of the entries' own canonical bytes, and entries from before leaves were stored
+    (leaf NULL) are hashed from their columns."""
+    seed_contacts(appliance, 5)
+    with as_superuser(appliance, "disable") as conn:  # entries as migration 0007 finds them
+        conn.execute(text("UPDATE audit_events SET leaf = NULL"))
+    seed_contacts(appliance, 25)
+    with appliance.sessions() as session:
+        rows = list(session.scalars(select(AuditEvent).order_by(AuditEvent.seq)))
+        checkpoints = list(session.scalars(select(audit.AuditCheckpoint)
+                                           .order_by(audit.AuditCheckpoint.seq)))
+    assert any(row.leaf is None for row in rows) and any(row.leaf for row in rows)
+    assert len(checkpoints) >= 3
+    leaves = [audit.entry_leaf(row) for row in rows]
+    for checkpoint in checkpoints:
+        assert checkpoint.hash == merkle.root(leaves[:checkpoint.seq]).hex(), checkpoint.seq
+    assert verify(appliance).ok

@@ -103,6 +103,9 @@ def test_the_database_chains_as_the_application_hashes(appliance: Appliance) -> 
     assert [row.seq for row in rows] == list(range(1, len(rows) + 1))
     for before, row in zip(rows, rows[1:], strict=False):
         assert row.prev_hash == before.hash and row.hash == audit.entry_hash(row)
+    # Each entry's stored Merkle leaf (what checkpoints are signed from) is its own, whoever
+    # wrote it: the database function or the session path.
+    assert all(row.leaf == audit.entry_leaf(row).hex() for row in rows)
     stored = {row.seq: row for row in rows}
     assert stored[seqs[0]].actor == odd[0].actor and stored[seqs[0]].object_type is None
     assert stored[seqs[1]].request_id is None and stored[seqs[1]].reason is None

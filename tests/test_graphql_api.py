@@ -626,6 +626,45 @@ def test_get_graphql_is_405(http: TestClient) -> None:
     assert response.status_code == 405
 
 
+def test_other_methods_are_405_with_the_methods_allowed(http: TestClient) -> None:
+    for method in ("PUT", "DELETE", "PATCH", "HEAD"):
+        response = http.request(method, "/graphql", json={"query": "{ me { id } }"})
+        assert response.status_code == 405, method
+        assert response.headers["allow"] == "GET, POST", method
+        assert response.headers["x-frame-options"] == "DENY", method
+        if method != "HEAD":
+            assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+
+
+def test_a_get_with_anything_but_the_document_parameters_is_400(manager: Any) -> None:
+    auth = {"Authorization": f"Bearer {manager.token}"}
+    for params in ("documentId=sha256:00&extra=1", "documentId=a&documentId=b",
+                   "documentId=a&variables=%7Bnot-json"):
+        response = manager.http.get(f"/graphql?{params}", headers=auth)
+        assert response.status_code == 400, params
+        assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST", params
+
+
+def test_an_unexpected_failure_before_execution_is_a_generic_500(
+        manager: Any, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from api import graphql_http
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("secret detail of a bug")
+
+    monkeypatch.setattr(graphql_http, "principal_from_token", broken)
+    response = manager.http.post("/graphql", json={"query": "{ me { id } }"},
+                                 headers={"Authorization": f"Bearer {manager.token}"})
+    assert response.status_code == 500
+    error = response.json()["errors"][0]
+    assert error["extensions"]["code"] == "INTERNAL"
+    assert len(error["extensions"]["requestId"]) == 32
+    assert "secret detail" not in response.text
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "secret detail of a bug" in caplog.text  # in the server's log only
+
+
 def test_missing_or_bad_token_is_401(http: TestClient) -> None:
     response = http.post("/graphql", json={"query": "{ me { id } }"})
     assert response.status_code == 401

@@ -344,7 +344,10 @@ async def run(appliance: Appliance, principal: Principal, schema: GraphQLSchema,
     if lean.own:
         params["scope_owner"] = principal.id
     statement = lean.statement(after_id is not None, filters, size + 1)
-    connection = await connections.get()
+    try:
+        connection = await connections.get()
+    except LoopDatabaseError:  # no connection to be had: the usual path answers or says why
+        return None
     try:
         rows = await connection.fetch(statement.sql, *statement.arguments(params))
         if rows:

@@ -94,6 +94,8 @@ class Plan:
     fields: set[tuple[str, str]] = field(default_factory=set)
     #: The lean lane's view of this plan (schema.compiled.lean), worked out on first use.
     lean: Any = None
+    #: Coerced root arguments by the variables that gave them (schema.compiled.runner).
+    arguments: dict[bytes, list[Any]] = field(default_factory=dict)
 
 
 def _key(node: FieldNode) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from graphql import GraphQLError, GraphQLID, GraphQLSchema, GraphQLString, located_error
 from graphql.execution.values import get_argument_values, get_variable_values
 
@@ -222,10 +223,33 @@ class _Run:
         return self.record(root.object_type, row, root.children, [root.key])
 
 
+#: Coerced arguments kept per plan (distinct variables seen); then it starts again.
+_ARGUMENTS_KEPT = 256
+
+
 def root_arguments(plan: Plan, schema: GraphQLSchema,
                    variables: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
     """Each root's arguments, coerced as graphql-core coerces them; raises BadVariables when
-    they do not coerce, or ask for what the plan does not do (generic search and sort)."""
+    they do not coerce, or ask for what the plan does not do (generic search and sort).
+
+    The same variables coerce the same way every time, so a plan remembers the arguments of
+    the variables it has seen (graphql-core's coercion was a tenth of a page read's Python
+    work). The lists and mappings given back are shared: read them, never change them."""
+    try:
+        key = orjson.dumps(variables, option=orjson.OPT_SORT_KEYS) if variables else b""
+    except TypeError:  # not JSON (variables come from a JSON body): nothing to remember by
+        return _coerce(plan, schema, variables)
+    found = plan.arguments.get(key)
+    if found is None:
+        found = _coerce(plan, schema, variables)
+        if len(plan.arguments) >= _ARGUMENTS_KEPT:
+            plan.arguments.clear()
+        plan.arguments[key] = found
+    return found
+
+
+def _coerce(plan: Plan, schema: GraphQLSchema,
+            variables: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
     coerced = get_variable_values(schema, plan.operation.variable_definitions or (),
                                   dict(variables or {}))
     if isinstance(coerced, list):
