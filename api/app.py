@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import console, federation, signin
+from api import audit_timer, console, federation, signin
 from api.graphql_http import SECURITY_HEADERS, GraphQLEndpoint, GraphQLFirst
 from api.oauth import token_response
 from api.oauth_code import SCOPES
@@ -119,7 +119,8 @@ def create_app(appliance: Appliance) -> ASGIApp:
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
+        async with audit_timer.running(appliance):
+            yield
         await appliance.close_loop_connections()
 
     app = Starlette(routes=routes, lifespan=lifespan)

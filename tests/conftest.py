@@ -87,8 +87,10 @@ def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Se
     database_url = None
     if backend == "postgres":
         database_url = request.getfixturevalue("pg_database")
+    # Checkpoints by count only (every 8 entries): the periodic signer is tested on its own
+    # (tests/test_audit_timer.py), so that no test's checkpoints depend on how long it ran.
     return Settings(data_dir=tmp_path / "var", database_url=database_url, dev_mode=True,
-                    audit_checkpoint_every=8)
+                    audit_checkpoint_every=8, audit_checkpoint_seconds=0)
 
 
 @pytest.fixture
