@@ -8,8 +8,9 @@ the rows, moves the head, and the statement's own commit makes them durable befo
 
 The chain hash is SHA-256 over the entry's canonical JSON (`security.audit.canonical`). Only
 three of its values are known under the head lock (previous hash, sequence number, time); the
-application sends the rest already encoded as two pieces of text, and the function fills the
-three values in between. `enclave audit verify` recomputes every hash from the stored columns,
+application sends the rest already encoded as pieces of text around them and around the object
+ids (which go once, as their column), and the function puts the entry together, hashes it and
+stores its Merkle leaf hash too. `enclave audit verify` recomputes every hash from the stored columns,
 so an entry chained any other way is found. When a signed checkpoint falls due within the batch
 the function writes nothing: the caller then appends through `security.audit.append`, which
 signs it.
@@ -23,6 +24,7 @@ can tell, written twice.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,37 +50,60 @@ class MaybeWritten(Exception):
     `append_unless_present`."""
 
 
-_CALL = "SELECT audit_append_entries(" + ", ".join(["%b"] * 11) + ")"
+_ARGUMENTS = 12
+_CALL = "SELECT audit_append_entries(" + ", ".join(["%b"] * _ARGUMENTS) + ")"
 #: The same for asyncpg (an event loop's connection), which numbers its parameters.
-_LOOP_CALL = "SELECT audit_append_entries(" + ", ".join(f"${n}" for n in range(1, 12)) + ")"
+_LOOP_CALL = ("SELECT audit_append_entries("
+              + ", ".join(f"${n}" for n in range(1, _ARGUMENTS + 1)) + ")")
 
 
 def arguments(entries: Sequence[AuditEntry]) -> list[list[str | None]]:
-    """The function's arguments: one array per column, and the canonical encoding of each entry
-    in two pieces, before the previous hash and between it and the sequence number (keys in
-    sorted order, as `canonical` writes them)."""
-    heads: list[str | None] = []
+    """The function's arguments (migration 0007): the canonical encoding of each entry in
+    pieces around its object ids, which go once (they are a column too, and most of an entry),
+    and around the three values known only under the lock: previous hash, sequence number and
+    time; then one array per column. Keys in sorted order, as `canonical` writes them."""
+    befores: list[str | None] = []
+    object_ids: list[str | None] = []
+    afters: list[str | None] = []
     middles: list[str | None] = []
     roles: list[str | None] = []
-    object_ids: list[str | None] = []
     fields: list[str | None] = []
     for entry in entries:
-        roles_json = canonical_json(list(entry.roles))
-        ids_json = canonical_json(list(entry.object_ids))
-        fields_json = canonical_json(list(entry.fields))
-        heads.append(f'{{"action":{canonical_json(entry.action)},"actor":{canonical_json(entry.actor)},'
-                     f'"decision":{canonical_json(entry.decision)},"fields":{fields_json},'
-                     f'"object_ids":{ids_json},"object_type":{canonical_json(entry.object_type)},'
-                     '"prev_hash":"')
+        before, fields_json = _before_ids(entry.action, entry.actor, entry.decision,
+                                          tuple(entry.fields))
+        roles_json = _json_list(tuple(entry.roles))
+        befores.append(before)
+        object_ids.append(canonical_json(list(entry.object_ids)))
+        afters.append(_after_ids(entry.object_type))
         middles.append(f'","reason":{canonical_json(entry.reason)},"request_id":'
                        f'{canonical_json(entry.request_id)},"roles":{roles_json},"seq":')
         roles.append(roles_json)
-        object_ids.append(ids_json)
         fields.append(fields_json)
-    return [heads, middles, [entry.actor for entry in entries], roles,
+    return [befores, object_ids, afters, middles, [entry.actor for entry in entries], roles,
             [entry.action for entry in entries], [entry.object_type for entry in entries],
-            object_ids, fields, [entry.decision for entry in entries],
+            fields, [entry.decision for entry in entries],
             [entry.reason for entry in entries], [entry.request_id for entry in entries]]
+
+
+# The pieces that repeat from one entry to the next (a caller's reads all look alike), made
+# once each.
+@functools.lru_cache(maxsize=1024)
+def _before_ids(action: str, actor: str, decision: str,
+                fields: tuple[str, ...]) -> tuple[str, str]:
+    fields_json = canonical_json(list(fields))
+    return (f'{{"action":{canonical_json(action)},"actor":{canonical_json(actor)},'
+            f'"decision":{canonical_json(decision)},"fields":{fields_json},"object_ids":',
+            fields_json)
+
+
+@functools.lru_cache(maxsize=256)
+def _after_ids(object_type: str | None) -> str:
+    return f',"object_type":{canonical_json(object_type)},"prev_hash":"'
+
+
+@functools.lru_cache(maxsize=256)
+def _json_list(values: tuple[str, ...]) -> str:
+    return canonical_json(list(values))
 
 
 def _seqs(last: int | None, count: int) -> list[int] | None:

@@ -42,14 +42,15 @@ def test_the_pieces_around_the_locked_values_are_the_canonical_encoding(
         entry: AuditEntry, seq: int, prev: str) -> None:
     ts = "2026-11-22T12:00:00.123456+00:00"
     columns = audit_statement.arguments([entry])
-    head, middle = columns[0][0], columns[1][0]
-    assert head is not None and middle is not None
-    row = SimpleNamespace(seq=seq, ts=ts, actor=entry.actor, roles=columns[3][0],
+    before, ids, after, middle = (columns[0][0], columns[1][0], columns[2][0], columns[3][0])
+    assert before is not None and ids is not None and after is not None and middle is not None
+    row = SimpleNamespace(seq=seq, ts=ts, actor=entry.actor, roles=columns[5][0],
                           action=entry.action, object_type=entry.object_type,
-                          object_ids=columns[6][0], fields=columns[7][0],
+                          object_ids=ids, fields=columns[8][0],
                           decision=entry.decision, reason=entry.reason,
                           request_id=entry.request_id, prev_hash=prev)
-    assert f'{head}{prev}{middle}{seq},"ts":"{ts}"}}'.encode() == audit.canonical(row)
+    assert (f'{before}{ids}{after}{prev}{middle}{seq},"ts":"{ts}"}}'.encode()
+            == audit.canonical(row))
 
 
 def _connect(appliance: Appliance) -> psycopg.Connection[Any]:
@@ -118,7 +119,7 @@ def test_an_entry_chained_otherwise_is_found_by_verify(appliance: Appliance) -> 
     _signed_once(appliance)
     entry = _entry()
     columns = audit_statement.arguments([entry])
-    columns[1][0] = str(columns[1][0]).replace('"roles":', '"roles" :')  # not canonical
+    columns[3][0] = str(columns[3][0]).replace('"roles":', '"roles" :')  # not canonical
     with _connect(appliance) as connection:
         last = connection.execute(audit_statement._CALL, columns).fetchone()
     assert last is not None and last[0] is not None
