@@ -146,8 +146,9 @@ class LoopAppender:
         if not self._writing:
             self._writing = True
             loop.create_task(self._drain())
-        # Shielded: a caller that goes away does not take its entries out of a batch.
-        return await asyncio.shield(done)
+        # A caller that goes away (cancelled) cancels only its own wait: its entries are in the
+        # batch already and are appended all the same.
+        return await done
 
     async def _drain(self) -> None:
         try:

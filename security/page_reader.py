@@ -70,19 +70,22 @@ def field_steps(policy: PolicySnapshot, roles: Sequence[str], object_type: str,
 
 
 def column_reader(keyring: KeyRing, steps: Sequence[FieldStep], columns: Sequence[int], *,
-                  id_at: int, version_at: int, wrapped_at: int,
+                  id_at: int, version_at: int | None, wrapped_at: int | None,
                   ) -> Callable[[Sequence[Sequence[Any]]], list[list[Any]]]:
     """Read the steps' fields of a page of raw rows, column by column: `columns[i]` is where
     step i's value sits in a row; `id_at`, `version_at` and `wrapped_at` where the row's id,
-    key version and current wrapped subject key sit. Returns one list per step, in row order,
-    opened and masked."""
+    key version and current wrapped subject key sit (None for the last two when no step is
+    sealed). Returns one list per step, in row order, opened and masked."""
     getters = [operator.itemgetter(column) for column in columns]
     sealed_at = [(index, step.where) for index, step in enumerate(steps)
                  if step.where is not None]
     masked_at = [(index, step.mask) for index, step in enumerate(steps)
                  if step.mask is not None]
-    get_id, get_version = operator.itemgetter(id_at), operator.itemgetter(version_at)
-    get_wrapped = operator.itemgetter(wrapped_at)
+    if sealed_at and (version_at is None or wrapped_at is None):
+        raise ValueError("sealed fields need the rows' key versions and wrapped keys")
+    get_id = operator.itemgetter(id_at)
+    get_version = operator.itemgetter(version_at or 0)
+    get_wrapped = operator.itemgetter(wrapped_at or 0)
 
     def read(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
         out = [list(map(get, rows)) for get in getters]

@@ -4,6 +4,7 @@ in it; compiled reads on PostgreSQL use it and still write one entry per read.""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -93,3 +94,34 @@ def test_compiled_reads_write_one_entry_each(appliance: Appliance, caller: Any,
             AuditEvent.action == "contact.read", AuditEvent.actor == f"client:{who.client_id}"))
         assert len(list(reads)) == 3
         assert audit.verify(session, appliance.keyring).ok
+
+
+def test_a_caller_that_goes_away_still_has_its_entries_appended() -> None:
+    """A read cancelled while its batch is being written (the client hung up) cancels only its
+    own wait: the entries it handed over are in the batch, and the batch is written whole."""
+    from security.audit_group import LoopAppender
+
+    written: list[str] = []
+
+    async def slow_plain(entries: list[AuditEntry]) -> list[int]:
+        await asyncio.sleep(0.05)
+        written.extend(str(entry.request_id) for entry in entries)
+        return list(range(1, len(entries) + 1))
+
+    def entry(request_id: str) -> AuditEntry:
+        return AuditEntry(actor="client:t", roles=("r",), action="contact.read",
+                          request_id=request_id)
+
+    async def run() -> list[int]:
+        appender = LoopAppender(None, slow_plain)  # type: ignore[arg-type]
+        first = asyncio.ensure_future(appender.append([entry("first")]))
+        await asyncio.sleep(0.01)  # the first batch is being written
+        gone = asyncio.ensure_future(appender.append([entry("gone")]))
+        kept = asyncio.ensure_future(appender.append([entry("kept")]))
+        await asyncio.sleep(0)
+        gone.cancel()
+        await first
+        return await kept
+
+    assert asyncio.run(run()) == [2]
+    assert written == ["first", "gone", "kept"]

@@ -176,8 +176,13 @@ class _Lean:
         self.scope = scope_flags(contact_scopes, principal)
         _, self.team, self.own = self.scope
         root = shape.root
-        self.contact_columns = columns_needed(policy, "contact", root.fields.get("contact", ()))
-        self.account_columns = (columns_needed(policy, "account", root.fields.get("account", ()))
+        # The record rules are the statement's own, so the rows bring only what is read:
+        # ids, key versions, the fields, and the account's team and owner (whether the
+        # caller may see it).
+        self.contact_columns = columns_needed(policy, "contact", root.fields.get("contact", ()),
+                                              ("id", "key_version"))
+        self.account_columns = (columns_needed(policy, "account", root.fields.get("account", ()),
+                                               ("id", "owner", "team"))
                                 if root.joins_account else None)
         self.appliance = appliance
         self._statements: dict[tuple[bool, Filters, int], _Statement] = {}
@@ -212,8 +217,7 @@ class _Lean:
             self.read_accounts = page_reader.column_reader(
                 appliance.keyring, account_steps,
                 [at[f"acc__{step.attribute}"] for step in account_steps],
-                id_at=self.joined_id_at, version_at=at["acc__key_version"],
-                wrapped_at=self.joined_id_at)
+                id_at=self.joined_id_at, version_at=None, wrapped_at=None)
             self.account_rule = page_reader.record_rule_columns(
                 policy.scopes(roles, "account", READ), principal)
         self.ok = True

@@ -57,11 +57,12 @@ def needed(ctx: RequestContext, object_type: str, fields: Iterable[str]) -> tupl
     return columns_needed(ctx.guard.policy, object_type, fields)
 
 
-def columns_needed(policy: PolicySnapshot, object_type: str,
-                   fields: Iterable[str]) -> tuple[str, ...]:
-    """`needed`, for a policy snapshot."""
+def columns_needed(policy: PolicySnapshot, object_type: str, fields: Iterable[str],
+                   always: Iterable[str] = _ALWAYS) -> tuple[str, ...]:
+    """`needed`, for a policy snapshot; `always`: what the reader needs besides the fields
+    (the guard's row reader needs `_ALWAYS`)."""
     spec = policy.spec(object_type)
-    attrs = set(_ALWAYS)
+    attrs = set(always)
     for name in fields:
         attr = spec.field(name).attr
         if attr not in _COLUMNS[object_type]:

@@ -33,7 +33,7 @@ _OLD_SIGNATURE = ("audit_append_entries(text[], text[], text[], text[], text[], 
 _SIGNATURE = ("audit_append_entries(text[], text[], text[], text[], text[], text[], text[], "
               "text[], text[], text[], text[], text[])")
 
-# As 0006's, with two changes: the canonical bytes are made once and hashed twice (chain hash
+# As 0006's, with three changes: one time for the whole batch; the canonical bytes are made once and hashed twice (chain hash
 # and leaf), and the object ids come once (they are most of an entry, and a column too): the
 # application sends the canonical encoding in pieces before and after them.
 _FUNCTION = """
@@ -59,9 +59,10 @@ BEGIN
     IF head_seq IS NULL OR entries IS NULL OR head_seq + entries >= due THEN
         RETURN NULL;
     END IF;
+    -- One time for the batch: its entries are appended by one statement.
+    stamp := to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')
+             || '+00:00';
     FOR i IN 1..entries LOOP
-        stamp := to_char(clock_timestamp() AT TIME ZONE 'UTC',
-                         'YYYY-MM-DD"T"HH24:MI:SS.US') || '+00:00';
         head_seq := head_seq + 1;
         prevs[i] := head_hash;
         entry := convert_to(
