@@ -36,8 +36,10 @@ from sqlalchemy.engine import URL
 T = TypeVar("T")
 
 #: What asyncpg raises when a statement failed: the server refused it, or the connection
-#: broke (asyncpg's own interface errors, and the socket's).
-LoopDatabaseError = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+#: broke (asyncpg's own interface and client errors, and the socket's; seen: a connection the
+#: server terminated while it sat idle failing its next statement with InternalClientError).
+LoopDatabaseError = (asyncpg.PostgresError, asyncpg.InterfaceError,
+                     asyncpg.exceptions.InternalClientError, OSError)
 
 
 def conninfo(url: URL) -> str:

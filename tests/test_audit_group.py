@@ -125,3 +125,47 @@ def test_a_caller_that_goes_away_still_has_its_entries_appended() -> None:
 
     assert asyncio.run(run()) == [2]
     assert written == ["first", "gone", "kept"]
+
+
+def test_a_batch_waits_briefly_for_reads_on_their_way_and_a_lone_read_for_nobody() -> None:
+    """Reads that announced themselves (`expect`) are gathered into the batch about to be
+    written, so one commit serves them all; with none on the way the batch goes at once; a
+    read that never comes holds a batch back no longer than GATHER_SECONDS."""
+    from security import audit_group
+    from security.audit_group import LoopAppender
+
+    batches: list[list[str]] = []
+
+    async def plain(entries: list[AuditEntry]) -> list[int]:
+        batches.append([str(entry.request_id) for entry in entries])
+        return list(range(1, len(entries) + 1))
+
+    def entry(request_id: str) -> list[AuditEntry]:
+        return [AuditEntry(actor="client:t", roles=("r",), action="contact.read",
+                           request_id=request_id)]
+
+    async def run() -> tuple[float, float]:
+        appender = LoopAppender(None, plain)  # type: ignore[arg-type]
+        for _ in range(3):  # three reads on their way
+            appender.expect()
+
+        async def read(name: str, delay: float) -> list[int]:
+            await asyncio.sleep(delay)
+            return await appender.append(entry(name), expected=True)
+
+        await asyncio.gather(read("a", 0), read("b", 0.0005), read("c", 0.001))
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await appender.append(entry("alone"))
+        alone = loop.time() - began
+        appender.expect()  # a read that fails before it appends, and never says so in time
+        began = loop.time()
+        await appender.append(entry("late"))
+        held = loop.time() - began
+        appender.unexpect()
+        return alone, held
+
+    alone, held = asyncio.run(run())
+    assert batches[0] == ["a", "b", "c"]  # one batch for the three
+    assert batches[1] == ["alone"] and alone < audit_group.GATHER_SECONDS
+    assert batches[2] == ["late"] and held < audit_group.GATHER_SECONDS + 0.05

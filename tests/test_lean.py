@@ -207,6 +207,32 @@ def test_a_lost_connection_falls_back_and_the_lane_recovers(appliance: Appliance
     assert lean.Counts.answered >= before + 1  # and the lane again, on a new connection
 
 
+def test_a_connection_in_a_state_asyncpg_refuses_falls_back(
+        appliance: Appliance, world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection the server terminated while it sat idle can fail its next statement with
+    asyncpg's InternalClientError (seen once in this test file's run): the read is answered
+    the usual way, the connection dropped, and the next read takes the lane again."""
+    who = world["callers"]["sales_manager"]
+    doc_id = world["docs"][BENCH]
+    expected = _post(who, doc_id).content
+    real = asyncpg.Connection.fetch
+    broken = {"once": True}
+
+    async def fetch(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if broken.pop("once", False):
+            raise asyncpg.exceptions.InternalClientError(
+                "cannot switch to state 12; another operation (2) is in progress")
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.Connection, "fetch", fetch)
+    before = lean.Counts.answered
+    answer = _post(who, doc_id)
+    assert answer.status_code == 200 and answer.content == expected
+    assert lean.Counts.answered == before  # answered the usual way
+    assert _post(who, doc_id).content == expected
+    assert lean.Counts.answered == before + 1
+
+
 def test_the_lean_connections_only_read(appliance: Appliance) -> None:
     assert appliance.raw_connections is not None
     connections = appliance.raw_connections

@@ -53,11 +53,12 @@ from schema.ops import validation
 from schema.prelude import prelude_statement
 from schema.runtime import Appliance
 from security import page_reader
+from security.audit import AuditEntry
 from security.authz import READ, Decision, PolicySnapshot
 from security.errors import EnclaveError
 from security.principal import Principal
 from storage.columns import UTCDateTime
-from storage.raw_connections import LoopDatabaseError
+from storage.raw_connections import LoopDatabaseError, RawConnections
 
 _NOT_LEAN = False
 #: Where the prelude's values stand in a row (`_Lean._combined`, `_prelude_only`).
@@ -338,7 +339,37 @@ async def run(appliance: Appliance, principal: Principal, schema: GraphQLSchema,
         filters, filter_values = filter_params(contact_filter, appliance.keyring.search_index)
     except EnclaveError:
         return None
-    params = filter_values
+    appender = appliance.loop_appender()
+    appender.expect()  # this read will hand entries soon: a batch about to go may wait for it
+    try:
+        read = await _read(appliance, principal, schema, plan, shape, lean, policy,
+                           keys_version, document_id, request_id, filters, filter_values,
+                           size, after_id, connections)
+    except BaseException:
+        appender.unexpect()
+        raise
+    if read is None:
+        appender.unexpect()
+        return None
+    response, entries = read
+    # Durable before the answer leaves, or this raises.
+    await appender.append(entries, expected=True)
+    Counts.answered += 1
+    return response
+
+
+def _consume(iterator: Iterator[Any]) -> None:
+    """Run an iterator of side effects to its end (in C)."""
+    deque(iterator, maxlen=0)
+
+
+async def _read(appliance: Appliance, principal: Principal, schema: GraphQLSchema, plan: Plan,
+                shape: _Shape, lean: _Lean, policy: PolicySnapshot, keys_version: int,
+                document_id: str, request_id: str, filters: Filters, params: dict[str, Any],
+                size: int, after_id: str | None, connections: RawConnections,
+                ) -> tuple[dict[str, Any], list[AuditEntry]] | None:
+    """The page's statement and its answer, with the audit entries of what it read; None
+    when the request is not for this lane (nothing was written)."""
     params["client_id"] = principal.id
     params["document_id"] = document_id
     if after_id is not None:
@@ -377,19 +408,10 @@ async def run(appliance: Appliance, principal: Principal, schema: GraphQLSchema,
         answer, reads = _answer(plan, shape, lean, rows, size, after_id is not None)
     except page_reader.NotPlain:
         return None
-    entries = page_reader.read_entries(principal, request_id, reads)
-    # Durable before the answer leaves, or this raises.
-    await appliance.loop_appender().append(entries)
-    Counts.answered += 1
     query = schema.query_type
     data = {root.key: (query.name if root.name == "__typename" and query is not None
                        else answer) for root in plan.roots}
-    return {"data": data}
-
-
-def _consume(iterator: Iterator[Any]) -> None:
-    """Run an iterator of side effects to its end (in C)."""
-    deque(iterator, maxlen=0)
+    return {"data": data}, page_reader.read_entries(principal, request_id, reads)
 
 
 def _answer(plan: Plan, shape: _Shape, lean: _Lean, rows: list[Any], size: int,
