@@ -55,9 +55,4 @@ def serve(settings: Settings) -> None:
     os.environ["ENCLAVE_HOST"], os.environ["ENCLAVE_PORT"] = settings.host, str(settings.port)
     Granian("api.serving:build", factory=True, address=settings.host, port=settings.port,
             interface=Interfaces.ASGI, workers=worker_count(settings),
-            respawn_failed_workers=True, log_access=False, **_EXPERIMENT()).serve()
-
-
-def _EXPERIMENT():  # TEMPORARY
-    import json
-    return json.loads(os.environ.get("EXP_GRANIAN", "{}"))
+            respawn_failed_workers=True, log_access=False).serve()
