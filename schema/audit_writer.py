@@ -21,14 +21,14 @@ import weakref
 from collections.abc import Callable
 
 import psycopg
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from security import audit, audit_statement
 from security.audit import AuditEntry
 from security.audit_group import GroupAppender, LoopAppender
 from security.keys import KeyRing
-from storage.models import AuditHead
+from storage.models import AuditCheckpoint, AuditHead
 from storage.raw_connections import DedicatedConnection, LoopConnection, LoopDatabaseError
 
 
@@ -53,27 +53,39 @@ class AuditWriter:
         #: A sequence number already committed: every batch sent from now on lands after it
         #: (where to look for a batch whose commit is unknown). Only ever lags behind.
         self._committed = 0
+        #: While a server's signer runs (`api.audit_timer`): called, from any thread, once the
+        #: log has grown by three quarters of a checkpoint interval past what is known signed,
+        #: so that the signer signs ahead of the count and no batch waits for a signature (the
+        #: last quarter is the signer's time to do it: 128 entries by default).
+        self.nudge: Callable[[], None] | None = None
+        self._signed_through = 0
+        self._ahead = max(1, checkpoint_every * 3 // 4)
         #: Batches and entries appended by one statement (for tests and the benchmark).
         self.statement_batches = 0
         self.statement_entries = 0
-        if self._statements:
-            with sessions() as session:
+        with sessions() as session:
+            if self._statements:
                 self._committed = int(session.scalar(
                     select(AuditHead.seq).where(AuditHead.id == 1)) or 0)
+            self._signed_through = int(session.scalar(
+                select(func.max(AuditCheckpoint.seq))) or 0)
 
     def append(self, session: Session, entries: list[AuditEntry]) -> list[int]:
         """Append in the caller's transaction (signing a checkpoint when one is due)."""
         if self._statements:
             seqs = audit_statement.append_in_transaction(session, entries)
             if seqs is not None:
+                self._ask_ahead(seqs)
                 return seqs
         return self._append_signed(session, entries)
 
     def _append_signed(self, session: Session, entries: list[AuditEntry]) -> list[int]:
         if self._disabled:
             return []
-        return audit.append(session, entries, keyring=self._keyring(),
+        seqs = audit.append(session, entries, keyring=self._keyring(),
                             checkpoint_every=self._checkpoint_every)
+        self._ask_ahead(seqs)
+        return seqs
 
     def loop_appender(self) -> LoopAppender:
         """The batched append for coroutines on the running event loop."""
@@ -127,7 +139,18 @@ class AuditWriter:
             self._committed = max(self._committed, seqs[-1])
             self.statement_batches += 1
             self.statement_entries += len(seqs)
+            self._ask_ahead(seqs)
         return seqs
+
+    def _ask_ahead(self, seqs: list[int]) -> None:
+        nudge = self.nudge
+        if nudge is not None and seqs and seqs[-1] - self._signed_through >= self._ahead:
+            self._signed_through = seqs[-1]  # one nudge until the signer reports back
+            nudge()
+
+    def signed_through(self, size: int) -> None:
+        """The signer has signed the log up to `size` (or found it signed)."""
+        self._signed_through = max(self._signed_through, size)
 
     async def close_loop(self) -> None:
         """Close the running event loop's connection (before that loop ends)."""

@@ -161,13 +161,14 @@ class Appliance:
             checks["keys"] = "unavailable"
         return all(v == "ok" for v in checks.values()), checks
 
-    def sign_audit_tail(self) -> int | None:
-        """Sign the audit log's end if entries there are not signed yet (the periodic signer,
-        `api.audit_timer`); the size signed, or None when there was nothing to sign."""
-        with self.sessions() as session, session.begin():
-            signed = audit.checkpoint_now(session, self.keyring,
-                                          checkpoint_every=self.settings.audit_checkpoint_every)
-            return signed.seq if signed is not None else None
+    def sign_audit_tail(self) -> int:
+        """Sign the audit log's end if entries there are not signed yet, without holding
+        appends up (the server's signer, `api.audit_timer`); the size the latest checkpoint
+        signs afterwards."""
+        signed = audit.sign_ahead(self.sessions, self.keyring,
+                                  checkpoint_every=self.settings.audit_checkpoint_every)
+        self.audit_writer.signed_through(signed)
+        return signed
 
     async def close_loop_connections(self) -> None:
         """Close the plain connections the running event loop opened (the lean lane's, the

@@ -25,7 +25,7 @@ import hashlib
 import itertools
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, cast
@@ -172,26 +172,82 @@ def _sign_checkpoint(session: Session, keyring: KeyRing, seq: int,
     checkpoint by `next_due`, so deleting later checkpoints (to hide a rewritten tail) breaks a
     signed promise. The caller holds the head row's lock; `appended`: the rows it has just
     inserted (the last entries up to `seq`), whose leaves need not be read back."""
-    root = _tree_at(session, seq, appended).root()
+    tree = _grown_tree(session, seq, appended)
+    _save_tree(session, tree)
+    values = _signed(checkpoint_note.appliance_origin(session), keyring, seq, tree.root(),
+                     checkpoint_every)
+    return _store_checkpoint(session, values)
+
+
+def _signed(name: str, keyring: KeyRing, seq: int, root: bytes,
+            checkpoint_every: int) -> dict[str, Any]:
+    """The `audit_checkpoints` row of a note signed now, by the log named `name`, for the
+    tree of size `seq`."""
     ts = _now()
     next_due = seq + checkpoint_every
     version = keyring.current_version(AUDIT_SIGNING)
-    name = checkpoint_note.appliance_origin(session)
     line = checkpoint_note.sign(checkpoint_note.body(name, seq, root, ts, next_due), name,
                                 keyring.signing_key(AUDIT_SIGNING, version))
-    values = {"seq": seq, "hash": root.hex(), "ts": ts, "next_due": next_due,
-              "key_version": version, "signature": line}
+    return {"seq": seq, "hash": root.hex(), "ts": ts, "next_due": next_due,
+            "key_version": version, "signature": line}
+
+
+def _store_checkpoint(session: Session, values: dict[str, Any]) -> AuditCheckpoint:
     session.execute(insert(AuditCheckpoint).values(**values))
     session.info[CHECKPOINT_SIGNED] = True
     return AuditCheckpoint(**values)  # a detached copy for the caller to read
 
 
-def _tree_at(session: Session, seq: int,
-             appended: Sequence[dict[str, Any]] = ()) -> Frontier:
+def _last_signed(session: Session) -> int:
+    """The size of the tree the latest checkpoint signs (0: none yet)."""
+    return int(session.scalar(select(func.max(AuditCheckpoint.seq))) or 0)
+
+
+def sign_ahead(sessions: Callable[[], Session], keyring: KeyRing, *,
+               checkpoint_every: int) -> int:
+    """Sign the log's end without holding appends up; returns the size the latest checkpoint
+    signs afterwards (0: the log is empty).
+
+    Signing at the count (`append`) holds the head row's lock, which every appender waits on,
+    while it reads the leaves since the last checkpoint, grows the tree and signs. Here that
+    work is done first, on committed entries and holding no lock (entries up to the head's
+    size are committed with it and never change); then a short transaction takes the head
+    lock and stores the checkpoint with its tree, unless another signer stored one since (it
+    signs that one's work; the caller need not sign again). The count stays the backstop: a
+    batch that would cross the promised size still signs in its own transaction."""
+    with sessions() as session, session.begin():
+        if session.get_bind().dialect.name == "postgresql":
+            # One snapshot for the head, the last checkpoint and its stored tree: read one by
+            # one, a checkpoint stored in between would look like a tree that does not match.
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        size = int(session.scalar(select(AuditHead.seq).where(AuditHead.id == 1)) or 0)
+        last = _last_signed(session)
+        if size <= last:
+            return last
+        tree = _grown_tree(session, size)
+        name = checkpoint_note.appliance_origin(session)
+    values = _signed(name, keyring, size, tree.root(), checkpoint_every)
+    with sessions() as session, session.begin():
+        head = session.execute(HEAD_FOR_UPDATE).one()
+        now_last = _last_signed(session)
+        if now_last != last:
+            return now_last  # another signer's checkpoint is newer than what we started from
+        if head.seq >= values["next_due"]:
+            # The log outgrew the promise while this was signed: the next append signs at
+            # the count (storing this one would leave a promise broken until then).
+            return last
+        _save_tree(session, tree)
+        _store_checkpoint(session, values)
+        session.execute(_MOVE_HEAD.values(checkpoint_due=values["next_due"]))
+    return size
+
+
+def _grown_tree(session: Session, seq: int,
+                appended: Sequence[dict[str, Any]] = ()) -> Frontier:
     """The compact Merkle tree of entries 1..seq, grown from the one the last checkpoint left
     (rebuilt from every entry when that one is missing or does not match its signed root).
     `appended`: rows this transaction inserted, ending at `seq`, hashed as they were written
-    rather than read back."""
+    rather than read back. Reads only: whoever stores a checkpoint of it saves it too."""
     stored = _load_tree(session)
     last = session.execute(
         select(AuditCheckpoint.seq, AuditCheckpoint.hash, AuditCheckpoint.signature)
@@ -223,7 +279,6 @@ def _tree_at(session: Session, seq: int,
     if tree.size != seq:
         raise EnclaveError(f"the audit log ends at {tree.size}, not {seq}; no checkpoint can be "
                            "signed: run `enclave audit verify`")
-    _save_tree(session, tree)
     return tree
 
 

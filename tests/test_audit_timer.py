@@ -7,7 +7,7 @@ import dataclasses
 import time
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from starlette.testclient import TestClient
 
 from api.app import create_app
@@ -86,3 +86,123 @@ def test_the_settings_take_the_interval_and_refuse_nonsense(tmp_path: object) ->
                 {"ENCLAVE_AUDIT_CHECKPOINT_EVERY": "0"}):
         with pytest.raises(ConfigurationError):
             Settings.from_env(bad, data_dir=tmp_path, dev_mode=True)
+
+
+# -- signing ahead of the count (security.audit.sign_ahead) --------------------------------
+
+def _sign_ahead(appliance: Appliance, every: int = 8) -> int:
+    return audit.sign_ahead(appliance.sessions, appliance.keyring, checkpoint_every=every)
+
+
+def _due(appliance: Appliance) -> int:
+    with appliance.sessions() as session:
+        return int(session.get(AuditHead, 1).checkpoint_due)
+
+
+def _verified(appliance: Appliance) -> bool:
+    with appliance.sessions() as session:
+        return audit.verify(session, appliance.keyring).ok
+
+
+def _appended(appliance: Appliance, count: int) -> None:
+    """A new appliance's log (2 entries, signed; the count due at 10) and `count` more."""
+    assert (_state(appliance), _due(appliance)) == ((2, 2), 10)
+    _append(appliance, count)
+    assert _state(appliance) == (2 + count, 2)
+
+
+def test_signing_ahead_signs_the_end_and_moves_the_promise(appliance: Appliance) -> None:
+    _appended(appliance, 4)
+    assert _sign_ahead(appliance) == 6
+    assert _state(appliance) == (6, 6)
+    assert _due(appliance) == 6 + 8  # the promise moves with it
+    checkpoints = _count_checkpoints(appliance)
+    assert _sign_ahead(appliance) == 6  # nothing new: nothing signed again
+    assert _count_checkpoints(appliance) == checkpoints
+    _append(appliance, 7)  # 13: under the new promise (14), so the count does not sign
+    assert _state(appliance) == (13, 6)
+    assert _verified(appliance)
+
+
+def test_signing_ahead_lets_appends_through_while_it_signs(
+        appliance: Appliance, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tree is grown holding no lock (and the note signed outside any transaction): an
+    append made while the tree grows, from another connection with a lock timeout so that a
+    held lock fails rather than hangs, goes through, and the checkpoint signs the size the
+    signer started from."""
+    if appliance.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has one writer at a time (every transaction begins IMMEDIATE)")
+    _appended(appliance, 4)
+    grown = audit._grown_tree
+
+    def append_while_growing(*args: object, **kwargs: object) -> object:
+        monkeypatch.setattr(audit, "_grown_tree", grown)
+        with appliance.sessions.begin() as session:
+            session.execute(text("SET LOCAL lock_timeout = '2s'"))
+            appliance.append_audit(session, [AuditEntry(actor="client:t", roles=("r",),
+                                                         action="test.during")] * 2)
+        return grown(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(audit, "_grown_tree", append_while_growing)
+    assert _sign_ahead(appliance) == 6
+    assert _state(appliance) == (8, 6)
+    assert _verified(appliance)
+
+
+def test_signing_ahead_stands_back_for_a_newer_checkpoint(
+        appliance: Appliance, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another signer (here: signing the end by hand) stores a checkpoint while this one
+    signs: this one stores nothing and reports the other's size."""
+    _appended(appliance, 4)
+    signed = audit._signed
+
+    def other_signer_first(*args: object, **kwargs: object) -> dict[str, object]:
+        monkeypatch.setattr(audit, "_signed", signed)  # the other signer signs as usual
+        _append(appliance, 1)
+        with appliance.sessions.begin() as session:
+            audit.checkpoint_now(session, appliance.keyring, checkpoint_every=8)
+        return signed(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(audit, "_signed", other_signer_first)
+    assert _sign_ahead(appliance) == 7
+    with appliance.sessions() as session:
+        assert session.get(AuditCheckpoint, 6) is None
+    assert _state(appliance) == (7, 7)
+    assert _due(appliance) == 7 + 8
+    assert _verified(appliance)
+
+
+def test_signing_ahead_never_stores_a_promise_already_broken(
+        appliance: Appliance, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the log grew past the size the new note promises while it was signed, storing it
+    would leave `verify` failing until the next checkpoint: nothing is stored."""
+    _appended(appliance, 4)
+    signed = audit._signed
+
+    def grow_past_the_promise(*args: object, **kwargs: object) -> dict[str, object]:
+        _append(appliance, 2)
+        return signed(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(audit, "_signed", grow_past_the_promise)
+    assert _sign_ahead(appliance, every=2) == 2  # promises 6 + 2 = 8; the log is at 8
+    assert _state(appliance) == (8, 2)
+    assert _due(appliance) == 10
+    assert _verified(appliance)
+
+
+def test_a_running_server_signs_ahead_of_the_count(
+        appliance: Appliance, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the interval far off, entries past three quarters of a checkpoint interval (6 of
+    8) wake the worker's signer at once; the count (due at 10) is not what signs them."""
+    monkeypatch.setattr(appliance, "settings", dataclasses.replace(
+        appliance.settings, audit_checkpoint_seconds=60))
+    assert _state(appliance) == (2, 2)
+    with TestClient(create_app(appliance)):
+        _append(appliance, 5)
+        time.sleep(0.3)
+        assert _state(appliance) == (7, 2)  # 5 past the last checkpoint: not woken
+        _append(appliance, 1)
+        assert _wait_until_signed(appliance, timeout=5) == (8, 8)
+        assert _due(appliance) == 8 + 8
+    assert appliance.audit_writer.nudge is None  # the signer stopped with the server
+    assert _verified(appliance)
