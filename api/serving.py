@@ -47,7 +47,7 @@ def serve(settings: Settings) -> None:
     """Serve with `worker_count(settings)` granian workers; the settings reach each worker
     through the environment it inherits."""
     from granian import Granian
-    from granian.constants import Interfaces
+    from granian.constants import Interfaces, Loops
 
     os.environ["ENCLAVE_DATA_DIR"] = str(settings.data_dir)
     if settings.database_url:
@@ -55,4 +55,6 @@ def serve(settings: Settings) -> None:
     os.environ["ENCLAVE_HOST"], os.environ["ENCLAVE_PORT"] = settings.host, str(settings.port)
     Granian("api.serving:build", factory=True, address=settings.host, port=settings.port,
             interface=Interfaces.ASGI, workers=worker_count(settings),
-            respawn_failed_workers=True, log_access=False).serve()
+            # uvloop named rather than left to granian's `auto`, which would take its own
+            # experimental loop (rloop) first if that were ever installed.
+            loop=Loops.uvloop, respawn_failed_workers=True, log_access=False).serve()
