@@ -21,14 +21,14 @@ import weakref
 from collections.abc import Callable
 
 import psycopg
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from security import audit, audit_statement
 from security.audit import AuditEntry
 from security.audit_group import GroupAppender, LoopAppender
 from security.keys import KeyRing
-from storage.models import AuditCheckpoint, AuditHead
+from storage.models import AuditHead
 from storage.raw_connections import DedicatedConnection, LoopConnection, LoopDatabaseError
 
 
@@ -67,8 +67,7 @@ class AuditWriter:
             if self._statements:
                 self._committed = int(session.scalar(
                     select(AuditHead.seq).where(AuditHead.id == 1)) or 0)
-            self._signed_through = int(session.scalar(
-                select(func.max(AuditCheckpoint.seq))) or 0)
+            self._signed_through = audit.last_signed(session)
 
     def append(self, session: Session, entries: list[AuditEntry]) -> list[int]:
         """Append in the caller's transaction (signing a checkpoint when one is due)."""

@@ -198,7 +198,7 @@ def _store_checkpoint(session: Session, values: dict[str, Any]) -> AuditCheckpoi
     return AuditCheckpoint(**values)  # a detached copy for the caller to read
 
 
-def _last_signed(session: Session) -> int:
+def last_signed(session: Session) -> int:
     """The size of the tree the latest checkpoint signs (0: none yet)."""
     return int(session.scalar(select(func.max(AuditCheckpoint.seq))) or 0)
 
@@ -221,7 +221,7 @@ def sign_ahead(sessions: Callable[[], Session], keyring: KeyRing, *,
             # one, a checkpoint stored in between would look like a tree that does not match.
             session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         size = int(session.scalar(select(AuditHead.seq).where(AuditHead.id == 1)) or 0)
-        last = _last_signed(session)
+        last = last_signed(session)
         if size <= last:
             return last
         tree = _grown_tree(session, size)
@@ -229,7 +229,7 @@ def sign_ahead(sessions: Callable[[], Session], keyring: KeyRing, *,
     values = _signed(name, keyring, size, tree.root(), checkpoint_every)
     with sessions() as session, session.begin():
         head = session.execute(HEAD_FOR_UPDATE).one()
-        now_last = _last_signed(session)
+        now_last = last_signed(session)
         if now_last != last:
             return now_last  # another signer's checkpoint is newer than what we started from
         if head.seq >= values["next_due"]:

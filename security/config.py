@@ -266,14 +266,14 @@ def _console_from_env(env: Mapping[str, str]) -> dict[str, object]:
 
 
 _WHOLE_NUMBER_SETTINGS = (("graphql_max_depth", "ENCLAVE_GRAPHQL_MAX_DEPTH"),
-                 ("graphql_max_aliases", "ENCLAVE_GRAPHQL_MAX_ALIASES"),
-                 ("graphql_max_tokens", "ENCLAVE_GRAPHQL_MAX_TOKENS"),
-                 ("graphql_max_cost", "ENCLAVE_GRAPHQL_MAX_COST"),
-                 ("max_variables_bytes", "ENCLAVE_MAX_VARIABLES_BYTES"),
-                 ("rate_burst", "ENCLAVE_RATE_BURST"),
-                 ("statement_timeout_ms", "ENCLAVE_STATEMENT_TIMEOUT_MS"),
-                 ("audit_checkpoint_every", "ENCLAVE_AUDIT_CHECKPOINT_EVERY"),
-                 ("workers", "ENCLAVE_WORKERS"))
+                          ("graphql_max_aliases", "ENCLAVE_GRAPHQL_MAX_ALIASES"),
+                          ("graphql_max_tokens", "ENCLAVE_GRAPHQL_MAX_TOKENS"),
+                          ("graphql_max_cost", "ENCLAVE_GRAPHQL_MAX_COST"),
+                          ("max_variables_bytes", "ENCLAVE_MAX_VARIABLES_BYTES"),
+                          ("rate_burst", "ENCLAVE_RATE_BURST"),
+                          ("statement_timeout_ms", "ENCLAVE_STATEMENT_TIMEOUT_MS"),
+                          ("audit_checkpoint_every", "ENCLAVE_AUDIT_CHECKPOINT_EVERY"),
+                          ("workers", "ENCLAVE_WORKERS"))
 
 
 def _graphql_from_env(env: Mapping[str, str]) -> dict[str, object]:

@@ -1,7 +1,7 @@
 """The compiled path's SQL for `contacts(first, after, filter)`: one statement per page — the
 caller's scope clause, the filter, the id keyset and the limit, each row's current wrapped
-subject key (a left join on its primary key) and, when the document asks for it, the contact's account
-(a left join) — read as plain rows, without ORM identity-map bookkeeping.
+subject key (a left join on its primary key) and, when the document asks for it, the
+contact's account (a left join) — read as plain rows, without ORM identity-map bookkeeping.
 
 It mirrors `schema.ops.contacts.list_contacts` step for step (the same checks in the same order,
 so refusals and their audit entries are the same); the equivalence tests hold the two together.
@@ -98,8 +98,9 @@ def page_statement(contact_columns: tuple[str, ...], account_columns: tuple[str,
     """The page statement for one shape and page size, built once.
 
     One flat SELECT: the contacts in id order (the primary key's order, so no sort), each
-    row's current wrapped subject key (a left join on the key's primary key) and, when the document asks for it, its account (a left join). Every value (scope,
-    filter, keyset) is a bind parameter, so SQLAlchemy's compiled form is reused; the page
+    row's current wrapped subject key (a left join on the key's primary key) and, when the
+    document asks for it, its account (a left join). Every value (scope, filter, keyset) is a
+    bind parameter, so SQLAlchemy's compiled form is reused; the page
     size is written into the statement. Why: PostgreSQL keeps a prepared statement's generic
     plan only when its estimated cost is close to the custom plans'; with `LIMIT $n` it
     cannot know the limit, estimates the generic plan far dearer and plans the statement

@@ -33,9 +33,10 @@ _OLD_SIGNATURE = ("audit_append_entries(text[], text[], text[], text[], text[], 
 _SIGNATURE = ("audit_append_entries(text[], text[], text[], text[], text[], text[], text[], "
               "text[], text[], text[], text[], text[])")
 
-# As 0006's, with three changes: one time for the whole batch; the canonical bytes are made once and hashed twice (chain hash
-# and leaf), and the object ids come once (they are most of an entry, and a column too): the
-# application sends the canonical encoding in pieces before and after them.
+# As 0006's, with three changes: one time for the whole batch; the canonical bytes are made
+# once and hashed twice (chain hash and leaf); and the object ids come once (they are most of
+# an entry, and a column too): the application sends the canonical encoding in pieces before
+# and after them.
 _FUNCTION = """
 CREATE FUNCTION audit_append_entries(
     befores text[], object_ids text[], afters text[], middles text[], actors text[],
