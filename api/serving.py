@@ -1,11 +1,12 @@
 """Production serving: granian, one worker process per core (issue 7).
 
-granian's workers each accept on the shared socket and its Rust acceptor spreads connections
-evenly (plain `uvicorn --workers` was seen handing all 20 connections of a benchmark to one
-worker). Each worker opens its own appliance (keys unsealed from the same passphrase source)
-and its own database pool: `storage.db.make_engine` gives 10 connections + 10 overflow per
-worker, so cores x 20 stays well under PostgreSQL's default max_connections of 100 on the
-supported 2-8 core profiles. `ENCLAVE_WORKERS` overrides the count.
+granian's workers each accept on the shared socket (plain `uvicorn --workers` was seen handing
+all 20 connections of a benchmark to one worker); which worker wins a connection is still the
+kernel's pick (20 connections landed 6/14 to 10/10), so `api.connection_balance` evens out
+keep-alive connections between them. Each worker opens its own appliance (keys unsealed from
+the same passphrase source) and its own database pool: `storage.db.make_engine` gives 10
+connections + 10 overflow per worker, so cores x 20 stays well under PostgreSQL's default
+max_connections of 100 on the supported 2-8 core profiles. `ENCLAVE_WORKERS` overrides the count.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ def worker_count(settings: Settings) -> int:
 
 def build() -> Any:
     """The application of one worker (granian calls this factory in each worker)."""
+    from api import connection_balance
     from api.app import create_app
     from schema.runtime import Appliance
     app = create_app(Appliance.open(Settings.from_env()))
+    if connection_balance.TABLE is not None:  # made by `serve` before forking this worker
+        app = connection_balance.ConnectionBalancer(app, connection_balance.TABLE)
     # Everything built so far (schema, policy, key ring, SQLAlchemy's mappers) lives as long
     # as the worker: keep it out of the collector's generations, so that collections walk only
     # what requests allocate (measured: shorter pauses, p99 of the trusted read down by half).
@@ -49,12 +53,17 @@ def serve(settings: Settings) -> None:
     from granian import Granian
     from granian.constants import Interfaces, Loops
 
+    from api import connection_balance
+
     os.environ["ENCLAVE_DATA_DIR"] = str(settings.data_dir)
     if settings.database_url:
         os.environ["ENCLAVE_DATABASE_URL"] = settings.database_url
     os.environ["ENCLAVE_HOST"], os.environ["ENCLAVE_PORT"] = settings.host, str(settings.port)
+    workers = worker_count(settings)
+    if workers > 1:  # which worker accepts a connection is the kernel's pick: even it out
+        connection_balance.TABLE = connection_balance.WorkerTable(workers)
     Granian("api.serving:build", factory=True, address=settings.host, port=settings.port,
-            interface=Interfaces.ASGI, workers=worker_count(settings),
+            interface=Interfaces.ASGI, workers=workers,
             # uvloop named rather than left to granian's `auto`, which would take its own
             # experimental loop (rloop) first if that were ever installed.
             loop=Loops.uvloop, respawn_failed_workers=True, log_access=False).serve()

