@@ -25,9 +25,11 @@ every time a worker looked.
 
 from __future__ import annotations
 
+import fcntl
 import math
-import multiprocessing
+import mmap
 import os
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -58,33 +60,54 @@ def _alive(pid: int) -> bool:
 class WorkerTable:
     """Each worker's count of connections, in memory shared by the processes forked after it
     was made: a slot (pid, count) per worker, claimed by a worker's pid, reclaimed from a
-    worker that has exited (granian respawns failed workers)."""
+    worker that has exited (granian respawns failed workers).
+
+    The memory is an anonymous file (memfd), not multiprocessing's shared memory: that lives in
+    /dev/shm, which the appliance's sandbox (PrivateDevices, PrivateUsers) does not let the
+    service write. A POSIX record lock on the same file keeps two workers from claiming one
+    slot (such locks belong to processes, so forked workers exclude each other)."""
+
+    _SLOT = struct.Struct("qq")
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self._slots = multiprocessing.get_context("fork").Array("q", 2 * workers)
+        size = self._SLOT.size * workers
+        self._fd = os.memfd_create("enclave-workers")
+        os.ftruncate(self._fd, size)
+        self._slots = mmap.mmap(self._fd, size)  # MAP_SHARED: forked workers see writes
+
+    def _read(self, index: int) -> tuple[int, int]:
+        pid, count = self._SLOT.unpack_from(self._slots, index * self._SLOT.size)
+        return pid, count
+
+    def _write(self, index: int, pid: int, count: int) -> None:
+        self._SLOT.pack_into(self._slots, index * self._SLOT.size, pid, count)
 
     def claim(self, pid: int) -> int | None:
         """The slot of worker `pid` (claimed now if it has none); None when all are taken."""
-        with self._slots.get_lock():
-            slots = self._slots
+        fcntl.lockf(self._fd, fcntl.LOCK_EX)
+        try:
             for index in range(self.workers):
-                if slots[2 * index] == pid:
+                if self._read(index)[0] == pid:
                     return index
             for index in range(self.workers):
-                holder = slots[2 * index]
+                holder, _ = self._read(index)
                 if holder == 0 or not _alive(holder):
-                    slots[2 * index], slots[2 * index + 1] = pid, 0
+                    self._write(index, pid, 0)
                     return index
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
         return None
 
     def publish(self, index: int, count: int) -> int:
-        """Record this worker's count; the count of all workers."""
-        with self._slots.get_lock():
-            self._slots[2 * index + 1] = count
-            holders = [(self._slots[2 * i], self._slots[2 * i + 1])
-                       for i in range(self.workers)]
-        return sum(count for pid, count in holders if pid and _alive(pid))
+        """Record this worker's count; the count of all workers.
+
+        No lock: each worker writes only its own slot, and a count read while another worker
+        rewrites its slot is at worst half a second old, which the next look corrects."""
+        holder, _ = self._read(index)
+        self._write(index, holder, count)
+        slots = [self._read(i) for i in range(self.workers)]
+        return sum(count for pid, count in slots if pid and _alive(pid))
 
 
 #: The table of the server being served (`api.serving` makes it before the workers fork).

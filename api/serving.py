@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 from typing import Any
 
 from security.config import Settings
@@ -61,7 +62,10 @@ def serve(settings: Settings) -> None:
     os.environ["ENCLAVE_HOST"], os.environ["ENCLAVE_PORT"] = settings.host, str(settings.port)
     workers = worker_count(settings)
     if workers > 1:  # which worker accepts a connection is the kernel's pick: even it out
-        connection_balance.TABLE = connection_balance.WorkerTable(workers)
+        try:
+            connection_balance.TABLE = connection_balance.WorkerTable(workers)
+        except OSError as error:  # a sandbox without memfd: serve, unbalanced, and say so
+            print(f"enclave: connections not balanced over workers ({error})", file=sys.stderr)
     Granian("api.serving:build", factory=True, address=settings.host, port=settings.port,
             interface=Interfaces.ASGI, workers=workers,
             # uvloop named rather than left to granian's `auto`, which would take its own

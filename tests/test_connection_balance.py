@@ -66,6 +66,75 @@ def test_the_table_is_shared_with_forked_workers_and_a_dead_ones_slot_is_reclaim
         other.join(10)
 
 
+def _claim_together(table: WorkerTable, start: Any) -> None:
+    write = table._write
+
+    def slow_write(*slot: int) -> None:  # widens the window between finding a slot free
+        time.sleep(0.05)                  # and taking it, where a race would show
+        write(*slot)
+
+    table._write = slow_write  # type: ignore[method-assign,assignment]
+    start.wait(10)
+    slot = table.claim(os.getpid())
+    start.wait(10)  # alive until all have claimed: an exited worker's slot is free again
+    os._exit(100 if slot is None else slot)
+
+
+def test_workers_claiming_at_once_each_get_their_own_slot() -> None:
+    fork = multiprocessing.get_context("fork")
+    workers = 6
+    table = WorkerTable(workers)
+    start = fork.Barrier(workers)
+    claimers = [fork.Process(target=_claim_together, args=(table, start))
+                for _ in range(workers)]
+    for claimer in claimers:
+        claimer.start()
+    for claimer in claimers:
+        claimer.join(20)
+    exits = [-1 if claimer.exitcode is None else claimer.exitcode for claimer in claimers]
+    assert sorted(exits) == list(range(workers))
+
+
+_WITHOUT_DEV_SHM = """
+import multiprocessing, os, sys
+from api.connection_balance import WorkerTable
+try:
+    multiprocessing.get_context("fork").Array("q", 4)
+except OSError:
+    pass
+else:
+    sys.exit("multiprocessing's shared memory worked: /dev/shm was writable after all")
+table = WorkerTable(2)
+claimed, leave = os.pipe(), os.pipe()
+child = os.fork()
+if child == 0:
+    table.publish(table.claim(os.getpid()), 5)
+    os.write(claimed[1], b"x")
+    os.read(leave[0], 1)
+    os._exit(0)
+os.read(claimed[0], 1)
+mine = table.claim(os.getpid())
+print(table.publish(mine, 2) if mine is not None else "no slot")
+os.write(leave[1], b"x")
+os.waitpid(child, 0)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting over /dev/shm needs root")
+def test_the_table_needs_no_dev_shm_as_in_the_appliance_sandbox(tmp_path: Path) -> None:
+    # The appliance's unit (PrivateDevices, PrivateUsers) leaves the service no writable
+    # /dev/shm; there multiprocessing.Array failed with EACCES and the service did not start.
+    script = tmp_path / "table.py"
+    script.write_text(_WITHOUT_DEV_SHM)
+    run = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         'mount -t tmpfs -o ro tmpfs /dev/shm && exec "$0" "$1"',
+         str(REPO / ".venv" / "bin" / "python"), str(script)],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "7"  # the forked process's 5 and these 2
+
+
 class _Clock:
     def __init__(self) -> None:
         self.now = 1000.0
