@@ -23,6 +23,7 @@ run: $(STAMP)
 	$(BIN)/enclave serve --dev
 
 test: $(TEST_STAMP)
+	tests/system_packages.sh
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)
