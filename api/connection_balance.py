@@ -67,7 +67,9 @@ class WorkerTable:
     service write. A POSIX record lock on the same file keeps two workers from claiming one
     slot (such locks belong to processes, so forked workers exclude each other)."""
 
-    _SLOT = struct.Struct("qq")
+    _SLOT = struct.Struct("qq")  # pid, count
+    _COUNT = struct.Struct("q")
+    _COUNT_OFFSET = 8
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -104,8 +106,7 @@ class WorkerTable:
 
         No lock: each worker writes only its own slot, and a count read while another worker
         rewrites its slot is at worst half a second old, which the next look corrects."""
-        holder, _ = self._read(index)
-        self._write(index, holder, count)
+        self._COUNT.pack_into(self._slots, index * self._SLOT.size + self._COUNT_OFFSET, count)
         slots = [self._read(i) for i in range(self.workers)]
         return sum(count for pid, count in slots if pid and _alive(pid))
 
