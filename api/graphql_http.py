@@ -255,8 +255,9 @@ class GraphQLEndpoint:
             return unauthenticated(exc)
         except Exception:
             log.exception("request %s failed", request_id)
+            # The request id names the logged failure for whoever reports it.
             return graphql_error(503, "the request could not be completed; try again",
-                                 "UNAVAILABLE")
+                                 "UNAVAILABLE", stamp)
         return Answer(200, json_bytes(body), stamp)
 
     def _run(self, principal: Principal, document: str | None,

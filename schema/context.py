@@ -91,6 +91,8 @@ class RequestContext:
         #: once they are durable (security.audit_group).
         self.defer_read_audit = False
         self.deferred_audit: list[AuditEntry] = []
+        #: Entries recorded by `audit`, appended by `finish` in this unit's transaction.
+        self.pending_audit: list[AuditEntry] = []
         #: Record events of this unit of work (created/updated/deleted), for the webhooks.
         self.events: list[RecordEvent] = []
         self.accounts = self.loader("account")
@@ -110,23 +112,27 @@ class RequestContext:
     def audit(self, action: str, *, object_type: str | None = None,
               object_ids: Iterable[str] = (), fields: Iterable[str] = (),
               decision: str = "allow", reason: str | None = None) -> None:
-        """Append an entry now, in this unit of work: it commits with the change it records."""
-        self.appliance.append_audit(self.session, [AuditEntry(
+        """Record an entry of this unit of work. `finish` appends it, in the unit's
+        transaction, so it commits with the change it records; appending there rather than
+        now means the log's head row (which every writer of every worker waits on) is locked
+        only from that append to the commit, not for the rest of the request."""
+        self.pending_audit.append(AuditEntry(
             actor=self.principal.actor, roles=self.principal.roles, action=action,
             object_type=object_type, object_ids=list(object_ids), fields=list(fields),
             decision=decision, reason=reason, request_id=self.request_id,
-        )])
+        ))
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """Run one mutation so that its failure undoes only its own writes (and its record
         events: what was undone is not announced to webhooks)."""
-        events = len(self.events)
+        events, entries = len(self.events), len(self.pending_audit)
         try:
             with self.session.begin_nested():
                 yield
         except BaseException:
             del self.events[events:]
+            del self.pending_audit[entries:]  # what was undone is not recorded as done
             raise
 
     def finish(self) -> None:
@@ -135,11 +141,13 @@ class RequestContext:
                 sink(self, self.events)
             self.events = []
         entries = self.guard.audit_entries()
-        if self.defer_read_audit and not self.session.new and not self.session.dirty \
-                and not self.session.deleted:
+        recorded, self.pending_audit = self.pending_audit, []
+        if self.defer_read_audit and not recorded and not self.session.new \
+                and not self.session.dirty and not self.session.deleted:
             self.deferred_audit = entries
             return
-        self.appliance.append_audit(self.session, entries)
+        # The unit's own entries first, in the order recorded, then what the guard noted.
+        self.appliance.append_audit(self.session, [*recorded, *entries])
 
 
 #: `session.info` key: (client id, active) as read by the unit's first statement (see

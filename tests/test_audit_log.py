@@ -64,11 +64,11 @@ def verify(appliance: Appliance) -> audit.VerifyReport:
         return audit.verify(session, appliance.keyring)
 
 
-def gql_raw(caller_: Any, query: str, variables: dict[str, Any] | None = None) -> tuple[
-        dict[str, Any], str]:
+def gql_raw(caller_: Any, query: str, variables: dict[str, Any] | None = None, *,
+            status: int = 200) -> tuple[dict[str, Any], str]:
     response = caller_.http.post("/graphql", json={"query": query, "variables": variables or {}},
                                  headers={"Authorization": f"Bearer {caller_.token}"})
-    assert response.status_code == 200, response.text
+    assert response.status_code == status, response.text
     return response.json(), response.headers["x-request-id"]
 
 
@@ -205,20 +205,23 @@ def test_a_write_and_its_entry_commit_or_fail_together(appliance: Appliance, cal
     monkeypatch.setattr(audit, "append", failing_append)
     monkeypatch.setattr(audit_statement, "append_in_transaction", failing_statement)
     before = last_seq(appliance)
-    body, _ = gql_raw(manager, CREATE, {"input": {"lastName": "Ghost"}})
-    assert codes(body) == ["INTERNAL"], body
+    # The unit's entries are appended as it commits, so this is a failure to commit: the
+    # answer says the request could not be completed, as for any storage failure then.
+    body, _ = gql_raw(manager, CREATE, {"input": {"lastName": "Ghost"}}, status=503)
+    assert codes(body) == ["UNAVAILABLE"], body
     assert contact_count() == start_contacts
     assert not [e for e in events(appliance, before) if e.action == "contact.create"]
     monkeypatch.undo()
 
     # (b) The write fails after its entry was appended: the entry goes with it, and the chain
     # (head included) stays whole for the next writer.
-    real_audit = RequestContext.audit
+    real_append_audit = Appliance.append_audit
 
-    def audit_then_fail(self: RequestContext, action: str, **kwargs: Any) -> None:
-        real_audit(self, action, **kwargs)
-        if action == "contact.create":
-            raise RuntimeError("constraint failed after the entry was written")
+    def append_then_fail(self: Appliance, session: Any, entries: list[Any]) -> list[int]:
+        seqs = real_append_audit(self, session, entries)
+        if any(e.action == "contact.create" for e in entries):
+            raise RuntimeError("the commit failed after the entry was written")
+        return seqs
 
     # Make the doomed entry land exactly where the next checkpoint is due, so the rolled-back
     # savepoint also holds a freshly signed checkpoint.
@@ -239,14 +242,14 @@ def test_a_write_and_its_entry_commit_or_fail_together(appliance: Appliance, cal
         with appliance.sessions() as session:
             return list(session.scalars(select(audit.AuditCheckpoint.seq)))
 
-    monkeypatch.setattr(RequestContext, "audit", audit_then_fail)
+    monkeypatch.setattr(Appliance, "append_audit", append_then_fail)
     for i in range(2):
-        body, _ = gql_raw(manager, CREATE, {"input": {"lastName": f"Phantom{i}"}})
-        assert codes(body) == ["INTERNAL"], body
+        body, _ = gql_raw(manager, CREATE, {"input": {"lastName": f"Phantom{i}"}}, status=503)
+        assert codes(body) == ["UNAVAILABLE"], body
     assert contact_count() == start_contacts
     assert last_seq(appliance) == boundary - 1
     assert boundary not in checkpoint_seqs()
-    monkeypatch.setattr(RequestContext, "audit", real_audit)
+    monkeypatch.setattr(Appliance, "append_audit", real_append_audit)
     report = verify(appliance)
     assert report.ok, report
 
@@ -260,6 +263,70 @@ def test_a_write_and_its_entry_commit_or_fail_together(appliance: Appliance, cal
     assert contact_count() == start_contacts + 1
     report = verify(appliance)
     assert report.ok and report.last_checkpoint == boundary, report
+
+
+def test_a_mutation_undone_by_its_savepoint_leaves_no_entry(
+        appliance: Appliance, caller: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three mutations in one request; the second fails after recording its entry (in
+    `emit`, which comes after `audit`): its contact and its entry go, the others' stay, in
+    order, and the chain verifies."""
+    manager = caller("sales_manager", team=TEAM)
+    real_emit = RequestContext.emit
+    calls = []
+
+    def emit_failing_second(self: RequestContext, event: str, object_type: str,
+                            record_id: str) -> None:
+        calls.append(record_id)
+        if len(calls) == 2:
+            raise RuntimeError("the second mutation fails after its entry was recorded")
+        real_emit(self, event, object_type, record_id)
+
+    monkeypatch.setattr(RequestContext, "emit", emit_failing_second)
+    before = last_seq(appliance)
+    body, request_id = gql_raw(manager, 'mutation { a: createContact(input: {lastName: "A"}) '
+                                        '{ id } b: createContact(input: {lastName: "B"}) { id } '
+                                        'c: createContact(input: {lastName: "C"}) { id } }')
+    assert codes(body) == ["INTERNAL"] and body["data"]["b"] is None, body
+    kept = [body["data"]["a"]["id"], body["data"]["c"]["id"]]
+    new = [e for e in events(appliance, before) if e.request_id == request_id]
+    assert [(e.action, json.loads(e.object_ids)) for e in new] == [
+        ("contact.create", [kept[0]]), ("contact.create", [kept[1]])]
+    assert calls[1] not in {i for e in events(appliance, before)
+                            for i in json.loads(e.object_ids)}
+    assert verify(appliance).ok
+
+
+def test_the_log_head_is_free_while_a_mutation_runs(appliance: Appliance, caller: Any,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write locks the log's head row from its append to its commit only: while its
+    operation is still running (after recording its entry), another writer can lock the head
+    at once. Appending at the call held the lock through the rest of the request, and every
+    writer of every worker queued behind it."""
+    if appliance.engine.dialect.name != "postgresql":
+        pytest.skip("row locks (SQLite locks the whole database for a writer)")
+    manager = caller("sales_manager", team=TEAM)
+    real_emit = RequestContext.emit
+    seen: list[str] = []
+
+    def emit_and_lock_the_head(self: RequestContext, event: str, object_type: str,
+                               record_id: str) -> None:
+        with appliance.engine.connect() as other:
+            try:
+                other.execute(text("SELECT seq FROM audit_head WHERE id = 1 "
+                                   "FOR UPDATE NOWAIT"))
+                seen.append("free")
+            except DBAPIError:
+                seen.append("locked")
+            other.rollback()
+        real_emit(self, event, object_type, record_id)
+
+    monkeypatch.setattr(RequestContext, "emit", emit_and_lock_the_head)
+    before = last_seq(appliance)
+    body, _ = gql_raw(manager, CREATE, {"input": {"lastName": "Concurrent"}})
+    assert "errors" not in body, body
+    assert seen == ["free"]
+    assert [e.action for e in events(appliance, before)] == ["contact.create"]
+    assert verify(appliance).ok
 
 
 # -- 2. reading the log over GraphQL -----------------------------------------------------------
