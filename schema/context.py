@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from schema.pending_audit import PendingAudit
 from security.audit import AuditEntry
 from security.authz import READ
 from security.guard import Guard
@@ -91,8 +92,9 @@ class RequestContext:
         #: once they are durable (security.audit_group).
         self.defer_read_audit = False
         self.deferred_audit: list[AuditEntry] = []
-        #: Entries recorded by `audit`, appended by `finish` in this unit's transaction.
-        self.pending_audit: list[AuditEntry] = []
+        #: Entries recorded by `audit`, appended by `finish` in this unit's transaction (a
+        #: savepoint rolled back takes its entries with it).
+        self.pending_audit = PendingAudit(session)
         #: Record events of this unit of work (created/updated/deleted), for the webhooks.
         self.events: list[RecordEvent] = []
         self.accounts = self.loader("account")
@@ -116,7 +118,7 @@ class RequestContext:
         transaction, so it commits with the change it records; appending there rather than
         now means the log's head row (which every writer of every worker waits on) is locked
         only from that append to the commit, not for the rest of the request."""
-        self.pending_audit.append(AuditEntry(
+        self.pending_audit.entries.append(AuditEntry(
             actor=self.principal.actor, roles=self.principal.roles, action=action,
             object_type=object_type, object_ids=list(object_ids), fields=list(fields),
             decision=decision, reason=reason, request_id=self.request_id,
@@ -126,13 +128,12 @@ class RequestContext:
     def savepoint(self) -> Iterator[None]:
         """Run one mutation so that its failure undoes only its own writes (and its record
         events: what was undone is not announced to webhooks)."""
-        events, entries = len(self.events), len(self.pending_audit)
+        events = len(self.events)
         try:
             with self.session.begin_nested():
                 yield
         except BaseException:
             del self.events[events:]
-            del self.pending_audit[entries:]  # what was undone is not recorded as done
             raise
 
     def finish(self) -> None:
@@ -141,7 +142,7 @@ class RequestContext:
                 sink(self, self.events)
             self.events = []
         entries = self.guard.audit_entries()
-        recorded, self.pending_audit = self.pending_audit, []
+        recorded = self.pending_audit.take()
         if self.defer_read_audit and not recorded and not self.session.new \
                 and not self.session.dirty and not self.session.deleted:
             self.deferred_audit = entries
