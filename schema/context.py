@@ -124,6 +124,11 @@ class RequestContext:
             decision=decision, reason=reason, request_id=self.request_id,
         ))
 
+    def record(self, entries: Iterable[AuditEntry]) -> None:
+        """Record entries built elsewhere (what a webhook's payload read, under its owning
+        client's name), in order with the unit's own: `finish` appends them."""
+        self.pending_audit.entries.extend(entries)
+
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """Run one mutation so that its failure undoes only its own writes (and its record

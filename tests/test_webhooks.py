@@ -133,6 +133,13 @@ def test_event_arrives_signed_with_only_what_the_owning_client_may_read(
             AuditEvent.actor == f"client:{support_client}")).all()
         assert reads and "email" in json.loads(reads[0].fields)
         assert "address" not in json.loads(reads[0].fields)
+        # In the creating unit's order: the change, what its payload read, the queueing.
+        created = session.scalars(select(AuditEvent).where(
+            AuditEvent.action == "contact.create")).one()
+        unit = session.scalars(select(AuditEvent).where(
+            AuditEvent.seq >= created.seq).order_by(AuditEvent.seq)).all()
+        assert [(e.action, e.actor == f"client:{support_client}") for e in unit][:3] == [
+            ("contact.create", False), ("contact.read", True), ("webhook.queue", False)]
         outcomes = session.scalars(select(AuditEvent).where(
             AuditEvent.action == "webhook.deliver")).all()
         assert any("outcome:delivered" in json.loads(o.fields) for o in outcomes)

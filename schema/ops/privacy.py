@@ -196,7 +196,7 @@ def export_subject(ctx: RequestContext, contact_id: str) -> dict[str, Any]:
         "consents": [_record(ctx, guard, "consent", r) for r in linked.consents],
         "accessLog": access,
     }
-    ctx.appliance.append_audit(ctx.session, guard.audit_entries())
+    ctx.record(guard.audit_entries())
     ctx.audit("subject.export", object_type="contact", object_ids=ids,
               fields=[f"{name}:{len(document[name])}" for name in
                       ("leads", "opportunities", "cases", "activities", "campaignMemberships",

@@ -217,7 +217,7 @@ def queue_events(ctx: RequestContext, events: list[RecordEvent]) -> None:
             queued.append(delivery.id)
     # What each owning client's payloads read, audited under that client's name.
     for guard in guards.values():
-        ctx.appliance.append_audit(ctx.session, guard.audit_entries())
+        ctx.record(guard.audit_entries())
     if queued:
         ctx.session.flush()
         ctx.audit("webhook.queue", object_type=OBJECT, object_ids=queued,
