@@ -100,7 +100,6 @@ def _build(*, introspection: bool, limits: Limits) -> strawberry.Schema:
     # Factories, not instances: strawberry builds fresh extensions for every request.
     extensions: list[Any] = [
         lambda: ParserCache(maxsize=1024),
-        KnownValidDocuments,
         lambda: QueryDepthLimiter(max_depth=limits.depth),
         lambda: MaxAliasesLimiter(max_alias_count=limits.aliases),
         lambda: MaxTokensLimiter(max_token_count=limits.tokens),
@@ -108,6 +107,9 @@ def _build(*, introspection: bool, limits: Limits) -> strawberry.Schema:
     ]
     if not introspection:
         extensions.append(DisableIntrospection)
+    # Last: the extensions above add their validation rules as validation begins, in this
+    # order, and for a document that passed them all before it takes every rule away.
+    extensions.append(KnownValidDocuments)
     return _Schema(query=Query, mutation=Mutation, extensions=extensions,
                    config=StrawberryConfig(disable_field_suggestions=True))
 

@@ -8,8 +8,9 @@ is fixed for the life of the process (one per introspection setting and limits,
 back thousands of times; their validation was a quarter of a mutation's CPU.
 
 `KnownValidDocuments` remembers (schema, document text) pairs that passed every rule, in a
-bounded LRU. For a remembered pair, only the rules marked `PER_REQUEST` run again (the cost
-limit, which reads the variables). A document that failed anything is not remembered.
+bounded LRU. For a remembered pair no rule runs again. The cost limit, which reads the
+variables, is not a rule: it is worked out on every request (`limits.CostLimiter`). A document
+that failed anything is not remembered.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from collections.abc import Iterator
 
 from strawberry.extensions import SchemaExtension
 
-#: Set on a validation rule class that depends on more than the document (its variables).
-PER_REQUEST = "enclave_per_request"
 _MAX_REMEMBERED = 1024
 
 
@@ -54,9 +53,8 @@ class KnownValidDocuments(SchemaExtension):
         context = self.execution_context
         key = (id(context.schema), context.query or "")
         known = bool(context.query) and key in VALID
-        if known:
-            context.validation_rules = tuple(
-                rule for rule in context.validation_rules if getattr(rule, PER_REQUEST, False))
+        if known:  # strawberry runs no validation for an empty rule set
+            context.validation_rules = ()
         yield
         if not known and context.query and context.pre_execution_errors == []:
             VALID.add(key)
