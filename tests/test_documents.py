@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,29 @@ def test_over_costly_query_is_refused_before_it_runs_and_audited(
     assert _code(rep.gql(doc, {"n": 100})) == "QUERY_TOO_COSTLY"
     events = _audit(appliance, "graphql.refused")
     assert len(events) == 2 and all("costs" in (e.reason or "") for e in events)
+
+
+def test_fragments_spread_over_and_over_are_costed_at_once(caller: Any) -> None:
+    """A fragment spread twice into itself doubles at every level up to the nesting limit:
+    walked afresh at each use, working out its cost took minutes and held the request's
+    thread. It is answered at once: the cycle by validation, the doubling of real fields by
+    the cost limit (6.4e9 here)."""
+    rep = caller("sales_manager", team="east")
+    answers: dict[str, Any] = {}
+
+    def send() -> None:
+        answers["cycle"] = rep.gql("query { ...F } fragment F on Query { ...F ...F }")
+        answers["doubling"] = rep.gql("query { ...F } fragment F on Query { me { id } "
+                                      "...F ...F }")
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    sender.join(timeout=60)  # milliseconds now; 2**32 walks of the fragment before
+    assert not sender.is_alive(), "the cost of a self-spreading fragment is still being walked"
+    cycle, doubling = answers["cycle"], answers["doubling"]
+    assert cycle.get("data") is None and "within itself" in cycle["errors"][0]["message"], cycle
+    assert _code(doubling) == "QUERY_TOO_COSTLY", doubling
+    assert doubling["errors"][0]["extensions"]["cost"] > 10**9
 
 
 def test_over_deep_query_is_refused_and_audited(appliance: Appliance, caller: Any) -> None:

@@ -50,11 +50,20 @@ def document_cost(schema: GraphQLSchema, fragments: Mapping[str, FragmentDefinit
                   operation: OperationDefinitionNode, variables: Mapping[str, Any]) -> int:
     root = {"query": schema.query_type, "mutation": schema.mutation_type,
             "subscription": schema.subscription_type}[operation.operation.value]
+    # A selection set's cost scales with how many times it is resolved, so each (selection
+    # set, type, paged, nesting) is costed once, for one resolution, and multiplied where it
+    # is used. Walked afresh at every use, a fragment spread twice at each level (or spread
+    # into itself: validation, which refuses that, runs after the cost) doubled the work per
+    # level: `fragment F on Query { ...F ...F }` took minutes at the nesting limit.
+    known: dict[tuple[int, str, bool, int], int] = {}
 
-    def walk(selections: SelectionSetNode, parent: Any, multiplier: int, paged: bool,
-             nesting: int) -> int:
+    def walk(selections: SelectionSetNode, parent: Any, paged: bool, nesting: int) -> int:
         if nesting > _MAX_NESTING or not isinstance(parent, GraphQLObjectType):
             return 0
+        key = (id(selections), parent.name, paged, nesting)
+        found = known.get(key)
+        if found is not None:
+            return found
         total = 0
         for selection in selections.selections:
             if isinstance(selection, FieldNode):
@@ -62,7 +71,7 @@ def document_cost(schema: GraphQLSchema, fragments: Mapping[str, FragmentDefinit
                 definition = parent.fields.get(name)
                 if name.startswith("__") or definition is None:
                     continue
-                total += multiplier
+                total += 1
                 if selection.selection_set is None:
                     continue
                 inner, is_list = _unwrap(definition.type)
@@ -71,21 +80,21 @@ def document_cost(schema: GraphQLSchema, fragments: Mapping[str, FragmentDefinit
                     factor, inner_paged = _first(selection, definition, variables), True
                 elif is_list and not paged:
                     factor = UNPAGED_LIST
-                total += walk(selection.selection_set, inner, multiplier * max(factor, 1),
-                              inner_paged, nesting + 1)
+                total += max(factor, 1) * walk(selection.selection_set, inner, inner_paged,
+                                               nesting + 1)
             elif isinstance(selection, InlineFragmentNode):
                 target = (schema.get_type(selection.type_condition.name.value)
                           if selection.type_condition else parent)
-                total += walk(selection.selection_set, target, multiplier, paged, nesting + 1)
+                total += walk(selection.selection_set, target, paged, nesting + 1)
             elif isinstance(selection, FragmentSpreadNode):
                 fragment = fragments.get(selection.name.value)
                 if fragment is not None:
                     target = schema.get_type(fragment.type_condition.name.value)
-                    total += walk(fragment.selection_set, target, multiplier, paged,
-                                  nesting + 1)
+                    total += walk(fragment.selection_set, target, paged, nesting + 1)
+        known[key] = total
         return total
 
-    return walk(operation.selection_set, root, 1, False, 0)
+    return walk(operation.selection_set, root, False, 0)
 
 
 def _first(node: FieldNode, definition: Any, variables: Mapping[str, Any]) -> int:
