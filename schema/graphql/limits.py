@@ -119,8 +119,9 @@ class CostLimiter(SchemaExtension):
     validated before (schema.graphql.known_documents). It is worked out straight from the
     parsed document rather than as a validation rule: a rule needs graphql-core's walk of the
     whole document with its type bookkeeping, which for a known document would be the only
-    validation left (a sixteenth of a mutation's CPU). A costly document is refused without
-    being validated: the refusal does not depend on what else is wrong with it."""
+    validation left (that walk, with the depth and alias rules, was a fifth of a registered
+    mutation's Python function calls by cProfile). A costly document is refused without being
+    validated: the refusal does not depend on what else is wrong with it."""
 
     def __init__(self, max_cost: int) -> None:
         self.max_cost = max_cost
