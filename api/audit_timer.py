@@ -11,9 +11,10 @@ the count happens inside the batch that reaches it, holding the head row's lock 
 appender of every worker waits on while the tree grows and the note is signed (about 10 ms
 of CPU each); signing here grows the tree and signs holding no lock, and takes the lock only
 to store the checkpoint (`security.audit.sign_ahead`), so the count is reached only when this
-signer falls behind. Two workers woken together sign
-once: the second finds the newer checkpoint and stops. A failure is logged and tried again
-at the next tick: it never stops the server.
+signer falls behind. Workers woken together sign once: on PostgreSQL a signer holds a lock
+from reading the log's end until its checkpoint is stored, and a signer woken by the count
+signs only if a quarter of an interval is still unsigned (another worker may have signed a
+moment ago). A failure is logged and tried again at the next tick: it never stops the server.
 """
 
 from __future__ import annotations
@@ -37,13 +38,18 @@ async def sign_periodically(appliance: Appliance, seconds: float) -> None:
         loop.call_soon_threadsafe(wake.set)
 
     writer.nudge = nudge
+    # Woken by the count, sign only if the end is still far from signed: another worker's
+    # signer, woken by the same count, may have signed it a moment ago.
+    nudged_at_least = max(1, appliance.settings.audit_checkpoint_every // 4)
     try:
         while True:
+            at_least = 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), seconds)
+                at_least = nudged_at_least
             wake.clear()
             try:
-                await asyncio.to_thread(appliance.sign_audit_tail)
+                await asyncio.to_thread(appliance.sign_audit_tail, at_least)
             except Exception:  # noqa: BLE001 - the next tick tries again
                 log.exception("signing the audit log's end failed; trying again in %g s",
                               seconds)

@@ -161,13 +161,15 @@ class Appliance:
             checks["keys"] = "unavailable"
         return all(v == "ok" for v in checks.values()), checks
 
-    def sign_audit_tail(self) -> int:
-        """Sign the audit log's end if entries there are not signed yet, without holding
-        appends up (the server's signer, `api.audit_timer`); the size the latest checkpoint
-        signs afterwards."""
+    def sign_audit_tail(self, at_least: int = 1) -> int | None:
+        """Sign the audit log's end if at least `at_least` entries there are not signed yet,
+        without holding appends up (the server's signer, `api.audit_timer`); the size the
+        latest checkpoint signs afterwards, or None when another worker's signer is at it."""
         signed = audit.sign_ahead(self.sessions, self.keyring,
-                                  checkpoint_every=self.settings.audit_checkpoint_every)
-        self.audit_writer.signed_through(signed)
+                                  checkpoint_every=self.settings.audit_checkpoint_every,
+                                  at_least=at_least)
+        if signed is not None:
+            self.audit_writer.signed_through(signed)
         return signed
 
     async def close_loop_connections(self) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 
 import pytest
@@ -90,8 +91,9 @@ def test_the_settings_take_the_interval_and_refuse_nonsense(tmp_path: object) ->
 
 # -- signing ahead of the count (security.audit.sign_ahead) --------------------------------
 
-def _sign_ahead(appliance: Appliance, every: int = 8) -> int:
-    return audit.sign_ahead(appliance.sessions, appliance.keyring, checkpoint_every=every)
+def _sign_ahead(appliance: Appliance, every: int = 8, at_least: int = 1) -> int | None:
+    return audit.sign_ahead(appliance.sessions, appliance.keyring, checkpoint_every=every,
+                            at_least=at_least)
 
 
 def _due(appliance: Appliance) -> int:
@@ -205,4 +207,51 @@ def test_a_running_server_signs_ahead_of_the_count(
         assert _wait_until_signed(appliance, timeout=5) == (8, 8)
         assert _due(appliance) == 8 + 8
     assert appliance.audit_writer.nudge is None  # the signer stopped with the server
+    assert _verified(appliance)
+
+
+def test_signing_ahead_waits_for_enough_unsigned_entries(appliance: Appliance) -> None:
+    """A signer woken by the count asks for a quarter of an interval: a few entries appended
+    since another signer signed are left to the next wake (or the timer)."""
+    _appended(appliance, 4)
+    assert _sign_ahead(appliance, at_least=5) == 2  # 4 unsigned: not enough
+    assert _state(appliance) == (6, 2)
+    assert _sign_ahead(appliance, at_least=4) == 6
+    assert _state(appliance) == (6, 6)
+    assert _verified(appliance)
+
+
+def test_one_signer_at_a_time_the_others_stand_back_at_once(
+        appliance: Appliance, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers' signers woken by the same count: while one grows the tree and signs, the
+    other finds the signers' lock taken and returns at once without reading the log; the first
+    stores its checkpoint; exactly one checkpoint is added."""
+    if appliance.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has one writer at a time: signers cannot overlap")
+    _appended(appliance, 4)
+    checkpoints = _count_checkpoints(appliance)
+    grown, inside, release = audit._grown_tree, threading.Event(), threading.Event()
+    grown_calls: list[int] = []
+
+    def slow_grow(*args: object, **kwargs: object) -> object:
+        grown_calls.append(1)
+        inside.set()
+        assert release.wait(10)
+        return grown(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(audit, "_grown_tree", slow_grow)
+    first: list[int | None] = []
+    signer = threading.Thread(target=lambda: first.append(_sign_ahead(appliance)))
+    signer.start()
+    try:
+        assert inside.wait(10)
+        assert _sign_ahead(appliance) is None  # the lock is taken: nothing read, nothing signed
+        assert len(grown_calls) == 1
+    finally:
+        release.set()
+        signer.join(10)
+    assert first == [6]
+    assert _count_checkpoints(appliance) == checkpoints + 1
+    assert _state(appliance) == (6, 6)
+    assert _sign_ahead(appliance) == 6  # the lock went with the first signer's transaction
     assert _verified(appliance)
