@@ -8,7 +8,8 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import create_engine, event, func, select, text
+from sqlalchemy.exc import OperationalError
 from starlette.testclient import TestClient
 
 from api.app import create_app
@@ -254,4 +255,35 @@ def test_one_signer_at_a_time_the_others_stand_back_at_once(
     assert _count_checkpoints(appliance) == checkpoints + 1
     assert _state(appliance) == (6, 6)
     assert _sign_ahead(appliance) == 6  # the lock went with the first signer's transaction
+    assert _verified(appliance)
+
+
+def test_storing_a_checkpoint_holds_the_head_row_for_one_statement_only(
+        appliance: Appliance) -> None:
+    """Every appender of every worker waits on the head row. The signer runs in a thread of a
+    busy worker, which waits for the interpreter between round trips: after each statement
+    it sends, another connection must find the head row free (taking it with NOWAIT)."""
+    if appliance.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has no row locks")
+    _appended(appliance, 4)
+    probe = create_engine(appliance.engine.url)
+    held_after: list[str] = []
+
+    def probe_head(conn: object, cursor: object, statement: str, *args: object) -> None:
+        with probe.connect() as other:
+            try:
+                other.execute(text("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE NOWAIT"))
+            except OperationalError:
+                held_after.append(" ".join(statement.split())[:80])
+            other.rollback()
+
+    event.listen(appliance.engine, "after_cursor_execute", probe_head)
+    try:
+        assert _sign_ahead(appliance) == 6
+    finally:
+        event.remove(appliance.engine, "after_cursor_execute", probe_head)
+        probe.dispose()
+    assert held_after == []
+    assert _state(appliance) == (6, 6)
+    assert _due(appliance) == 6 + 8
     assert _verified(appliance)
