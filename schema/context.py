@@ -44,7 +44,11 @@ class RecordLoader:
     a record outside the caller's read scope loads as None."""
 
     def __init__(self, ctx: RequestContext, object_type: str = "account") -> None:
-        self._ctx = ctx
+        # The context's session and guard, not the context, which holds this loader: a
+        # cycle would leave the whole unit (its session, every record it loaded) to the
+        # garbage collector instead of freeing it when the request ends.
+        self._session = ctx.session
+        self._guard = ctx.guard
         self._object_type = object_type
         self._model = MODELS[object_type]
         self._pending: set[str] = set()
@@ -60,14 +64,13 @@ class RecordLoader:
             self._pending = set()
             self.queries += 1
             model = self._model
-            found = {a.id: a for a in self._ctx.session.scalars(
+            found = {a.id: a for a in self._session.scalars(
                 select(model).where(model.id.in_(ids)))}
             for i in ids:
                 row = found.get(i)
-                visible = row is not None and self._ctx.guard.in_scope(self._object_type, row,
-                                                                       READ)
+                visible = row is not None and self._guard.in_scope(self._object_type, row, READ)
                 self._loaded[i] = row if visible else None
-            self._ctx.guard.preload(r for r in self._loaded.values() if r is not None)
+            self._guard.preload(r for r in self._loaded.values() if r is not None)
         return self._loaded[record_id]
 
 

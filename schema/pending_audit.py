@@ -11,6 +11,7 @@ see all of them, so that is where the entries are dropped.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from sqlalchemy import event
@@ -31,7 +32,9 @@ class PendingAudit:
         #: Open savepoints, innermost last, with how many entries there were when each opened.
         self._open: list[tuple[SessionTransaction, int]] = []
         #: The savepoint that ended last: SQLAlchemy tells a rollback only after the end.
-        self._ended: tuple[SessionTransaction, int] | None = None
+        #: Held weakly: the session holds this object (`info`), the savepoint holds the
+        #: session, and a cycle would leave the whole unit to the garbage collector.
+        self._ended: tuple[weakref.ref[SessionTransaction], int] | None = None
         session.info[_KEY] = self
 
     def take(self) -> list[AuditEntry]:
@@ -46,11 +49,11 @@ class PendingAudit:
         while self._open:
             opened = self._open.pop()
             if opened[0] is transaction:
-                self._ended = opened
+                self._ended = (weakref.ref(transaction), opened[1])
                 return
 
     def _rolled_back(self, transaction: SessionTransaction) -> None:
-        if self._ended is not None and self._ended[0] is transaction:
+        if self._ended is not None and self._ended[0]() is transaction:
             del self.entries[self._ended[1]:]
         # Otherwise SQLAlchemy told the events in another order than it does (end, then
         # rollback): the entries stay, and the log says more than happened rather than less.

@@ -50,20 +50,32 @@ def document_cost(schema: GraphQLSchema, fragments: Mapping[str, FragmentDefinit
                   operation: OperationDefinitionNode, variables: Mapping[str, Any]) -> int:
     root = {"query": schema.query_type, "mutation": schema.mutation_type,
             "subscription": schema.subscription_type}[operation.operation.value]
-    # A selection set's cost scales with how many times it is resolved, so each (selection
-    # set, type, paged, nesting) is costed once, for one resolution, and multiplied where it
-    # is used. Walked afresh at every use, a fragment spread twice at each level (or spread
-    # into itself: validation, which refuses that, runs after the cost) doubled the work per
-    # level: `fragment F on Query { ...F ...F }` took minutes at the nesting limit.
-    known: dict[tuple[int, str, bool, int], int] = {}
+    return _Costing(schema, fragments, variables).walk(operation.selection_set, root, False, 0)
 
-    def walk(selections: SelectionSetNode, parent: Any, paged: bool, nesting: int) -> int:
+
+class _Costing:
+    """One document's cost walk. (A class rather than a closure that calls itself: such a
+    closure is a reference cycle, left to the garbage collector on every request.)"""
+
+    def __init__(self, schema: GraphQLSchema, fragments: Mapping[str, FragmentDefinitionNode],
+                 variables: Mapping[str, Any]) -> None:
+        self.schema, self.fragments, self.variables = schema, fragments, variables
+        # A selection set's cost scales with how many times it is resolved, so each
+        # (selection set, type, paged, nesting) is costed once, for one resolution, and
+        # multiplied where it is used. Walked afresh at every use, a fragment spread twice at
+        # each level (or spread into itself: validation, which refuses that, runs after the
+        # cost) doubled the work per level: `fragment F on Query { ...F ...F }` took minutes
+        # at the nesting limit.
+        self.known: dict[tuple[int, str, bool, int], int] = {}
+
+    def walk(self, selections: SelectionSetNode, parent: Any, paged: bool, nesting: int) -> int:
         if nesting > _MAX_NESTING or not isinstance(parent, GraphQLObjectType):
             return 0
         key = (id(selections), parent.name, paged, nesting)
-        found = known.get(key)
+        found = self.known.get(key)
         if found is not None:
             return found
+        schema = self.schema
         total = 0
         for selection in selections.selections:
             if isinstance(selection, FieldNode):
@@ -77,24 +89,22 @@ def document_cost(schema: GraphQLSchema, fragments: Mapping[str, FragmentDefinit
                 inner, is_list = _unwrap(definition.type)
                 factor, inner_paged = 1, False
                 if "first" in definition.args:
-                    factor, inner_paged = _first(selection, definition, variables), True
+                    factor, inner_paged = _first(selection, definition, self.variables), True
                 elif is_list and not paged:
                     factor = UNPAGED_LIST
-                total += max(factor, 1) * walk(selection.selection_set, inner, inner_paged,
-                                               nesting + 1)
+                total += max(factor, 1) * self.walk(selection.selection_set, inner, inner_paged,
+                                                    nesting + 1)
             elif isinstance(selection, InlineFragmentNode):
                 target = (schema.get_type(selection.type_condition.name.value)
                           if selection.type_condition else parent)
-                total += walk(selection.selection_set, target, paged, nesting + 1)
+                total += self.walk(selection.selection_set, target, paged, nesting + 1)
             elif isinstance(selection, FragmentSpreadNode):
-                fragment = fragments.get(selection.name.value)
+                fragment = self.fragments.get(selection.name.value)
                 if fragment is not None:
                     target = schema.get_type(fragment.type_condition.name.value)
-                    total += walk(fragment.selection_set, target, paged, nesting + 1)
-        known[key] = total
+                    total += self.walk(fragment.selection_set, target, paged, nesting + 1)
+        self.known[key] = total
         return total
-
-    return walk(operation.selection_set, root, False, 0)
 
 
 def _first(node: FieldNode, definition: Any, variables: Mapping[str, Any]) -> int:
