@@ -99,8 +99,8 @@ DEFAULT_LIMITS = Limits()
 
 def _build(*, introspection: bool, limits: Limits) -> strawberry.Schema:
     # The depth and alias limiters each define a rule class in their constructor: made once
-    # here, not once per request (a class per request, and the garbage cycles it leaves for
-    # the collector, was about a tenth of a mutation's CPU).
+    # here, not once per request (20 us per request for the two, and each class is a
+    # reference cycle left for the garbage collector).
     limit_rules = [*QueryDepthLimiter(max_depth=limits.depth).validation_rules,
                    *MaxAliasesLimiter(max_alias_count=limits.aliases).validation_rules]
     # Factories, not instances: strawberry builds fresh extensions for every request.
