@@ -58,6 +58,11 @@ class RecordLoader:
     def prime(self, account_ids: Iterable[str | None]) -> None:
         self._pending.update(i for i in account_ids if i and i not in self._loaded)
 
+    def forget(self) -> None:
+        """Drop the records loaded: the unit of work has ended."""
+        self._pending.clear()
+        self._loaded.clear()
+
     def load(self, record_id: str) -> Any:
         if record_id not in self._loaded:
             ids = self._pending | {record_id}
@@ -101,6 +106,13 @@ class RequestContext:
         #: Record events of this unit of work (created/updated/deleted), for the webhooks.
         self.events: list[RecordEvent] = []
         self.accounts = self.loader("account")
+
+    def end(self) -> None:
+        """The unit of work has ended: drop the records and keys it holds, in case this
+        context outlives it (see `Guard.forget`)."""
+        for loader in self._loaders.values():
+            loader.forget()
+        self.guard.forget()
 
     def loader(self, object_type: str) -> RecordLoader:
         """The request's loader for records of `object_type` referred to by others."""
@@ -187,6 +199,8 @@ def unit_of_work(appliance: Appliance, principal: Principal, request_id: str | N
             session.rollback()
             _audit_after_failure(appliance, session, ctx)
             raise
+        finally:
+            ctx.end()
     finally:
         session.close()
 

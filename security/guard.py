@@ -159,6 +159,18 @@ class Guard:
 
     # -- reading ----------------------------------------------------------------------------
 
+    def forget(self) -> None:
+        """Drop the subject keys and opened values this guard holds: its unit of work has
+        ended. The request's context, which holds the guard, can outlive the request (the
+        ordinary executor's execution context refers to it from a reference cycle, freed
+        only when the garbage collector next runs, which on a quiet server can be long)."""
+        self._subject_keys.clear()
+        self._aeads.clear()
+        self._custom_opened.clear()
+        self._loaded_subjects.clear()
+        self._consent.clear()
+        self._consent_pending.clear()
+
     def preload(self, records: Iterable[Any]) -> None:
         """Load the subject keys of many records in one query (no N+1), or none at all when
         the records' query brought each one's current wrapped key along."""

@@ -41,3 +41,25 @@ def test_a_unit_with_a_savepoint_and_a_loader_is_freed_when_it_ends(
     del ctx, contact
     assert context() is None
     assert session() is None
+
+
+def test_a_context_that_outlives_its_unit_holds_no_records_or_keys(
+        appliance: Appliance, collector_off: None) -> None:
+    """The ordinary executor's execution context refers to the request's context from a
+    reference cycle, freed only when the collector runs: what the unit loaded (records,
+    subject keys, opened values) must not live on with it."""
+    manager = operator("sales_manager", team="east")
+    with unit_of_work(appliance, manager) as ctx:
+        created = contact_ops.create_contact(ctx, {"last_name": "Kept", "email": "k@example.org"})
+        contact_id = created.id
+    del created
+    with unit_of_work(appliance, manager) as ctx:
+        loaded = ctx.loader("contact").load(contact_id)
+        assert loaded is not None
+        assert ctx.guard.reveal("contact", loaded, "email") == "k@example.org"
+        record = weakref.ref(loaded)
+        assert ctx.guard._subject_keys  # the contact's key, unwrapped for this unit
+    del loaded
+    # `ctx` is still referenced here, as the execution context would hold it.
+    assert record() is None
+    assert not ctx.guard._subject_keys and not ctx.guard._aeads
