@@ -11,8 +11,8 @@ import weakref
 from collections.abc import Iterator
 
 import pytest
-
 from conftest import operator
+
 from schema.context import unit_of_work
 from schema.ops import contacts as contact_ops
 from schema.runtime import Appliance
