@@ -174,6 +174,9 @@ class RequestContext:
 #: `session.info` key: (client id, active) as read by the unit's first statement (see
 #: `unit_of_work`'s `prelude`), so the API's revocation check needs no query of its own.
 CLIENT_ACTIVE = "enclave.prelude.client_active"
+#: `session.info` key: whether any webhook was active when the unit's first statement ran
+#: (False: the webhook sink has nothing to queue and does not look again; absent: it looks).
+WEBHOOKS_ACTIVE = "enclave.prelude.webhooks_active"
 
 
 @contextmanager

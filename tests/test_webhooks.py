@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import new_client, operator
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from api import webhook_delivery
 from schema.context import unit_of_work
@@ -383,3 +383,49 @@ def test_cli_deliver_every_runs_until_sigterm(appliance: Appliance, settings: An
     refused = subprocess.run([str(ENCLAVE), "webhooks", "deliver", "--every", "0"],
                              env=_cli_env(settings), capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
+
+
+def test_a_write_looks_for_webhooks_only_when_one_is_active(appliance: Appliance, caller: Any,
+                                                            receiver: Receiver) -> None:
+    """A GraphQL unit's first statement says whether any webhook is active (PostgreSQL): with
+    none, a write does not query the webhooks. One registered earlier in the same request as
+    the write is seen by that write; one registered by another unit of work (as another worker
+    would) is seen by the next write."""
+    if appliance.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite units have no first statement: the sink always looks")
+    looked: list[str] = []
+
+    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("SELECT webhooks."):  # the sink's query (not the prelude)
+            looked.append(statement)
+
+    client, _ = new_client(appliance, "sales_manager", team=TEAM)
+    manager = caller("sales_manager", team=TEAM)
+    both = caller("admin", "sales_manager", team=TEAM)
+    create = 'mutation { createContact(input: {lastName: "%s"}) { id } }'
+    event.listen(appliance.engine, "before_cursor_execute", note)
+    try:
+        quiet = manager.gql(create % "Quiet")["data"]["createContact"]["id"]
+        assert looked == []
+        same = both.gql(REGISTER.replace(
+            "registerWebhook(clientId: $c, url: $u, eventTypes: $e) { secret webhook { id "
+            "eventTypes } }",
+            "registerWebhook(clientId: $c, url: $u, eventTypes: $e) { webhook { id } } "
+            "createContact(input: {lastName: \"Same\"}) { id }"),
+            {"c": client, "u": receiver.url, "e": ["contact.created"]})
+        assert "errors" not in same, same
+        first = same["data"]["registerWebhook"]["webhook"]["id"]
+        with unit_of_work(appliance, operator("admin")) as ctx:
+            webhook_ops.disable(ctx, first)
+        looked.clear()
+        unheard = manager.gql(create % "Unheard")["data"]["createContact"]["id"]
+        assert looked == []  # the only webhook is disabled
+        second, _ = _register(appliance, client, receiver.url, ["contact.created"])
+        heard = manager.gql(create % "Heard")["data"]["createContact"]["id"]
+        assert looked  # the next write's first statement saw it
+    finally:
+        event.remove(appliance.engine, "before_cursor_execute", note)
+    with appliance.sessions() as session:
+        queued = {(d.webhook_id, d.object_id) for d in session.scalars(select(WebhookDelivery))}
+    assert queued == {(first, same["data"]["createContact"]["id"]), (second, heard)}
+    assert quiet and unheard

@@ -43,7 +43,7 @@ from strawberry.types.graphql import OperationType
 from schema.compiled import BadVariables
 from schema.compiled import run as run_compiled
 from schema.compiled.cache import PLANS
-from schema.context import CLIENT_ACTIVE, RequestContext, unit_of_work
+from schema.context import CLIENT_ACTIVE, WEBHOOKS_ACTIVE, RequestContext, unit_of_work
 from schema.graphql.known_documents import KnownValidDocuments
 from schema.graphql.limits import CostLimiter
 from schema.graphql.resolvers import Mutation, Query
@@ -199,10 +199,12 @@ def _prelude(session: Session, *, timeout: int, client_id: str | None,
     if document_id is not None:
         params["document_id"] = document_id
     row = session.connection().execute(
-        prelude_statement(bool(timeout), client_id is not None, document_id is not None),
+        prelude_statement(bool(timeout), client_id is not None, document_id is not None,
+                          webhooks=True),
         params).one()._mapping
     if client_id is not None:
         session.info[CLIENT_ACTIVE] = (client_id, row["client_active"] is True)
+    session.info[WEBHOOKS_ACTIVE] = row["webhooks_active"] is True
     if document_id is not None:
         found["document_clients"] = row["document_clients"]
     return {KEYS_VERSION_KEY: row["keys_version"], POLICY_VERSION_KEY: row["policy_version"]}

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from schema.context import EVENT_SINKS, RecordEvent, RequestContext
+from schema.context import EVENT_SINKS, WEBHOOKS_ACTIVE, RecordEvent, RequestContext
 from schema.names import camel
 from security import row_seal
 from security.authz import MANAGE, READ, Decision
@@ -89,6 +89,7 @@ def register(ctx: RequestContext, *, client_id: str, url: str,
         ctx.guard.keyring, ctx.session, row_seal.SECRET, webhook.id, secret)
     ctx.session.add(webhook)
     ctx.session.flush()
+    ctx.session.info.pop(WEBHOOKS_ACTIVE, None)  # this unit's own writes may now have one
     ctx.audit("webhook.register", object_type=OBJECT, object_ids=[webhook.id],
               fields=[f"client:{client.id}", *(f"event:{e}" for e in wanted)])
     return Registered(webhook, secret)
@@ -171,6 +172,8 @@ def _client_guard(ctx: RequestContext, client: ApiClient) -> Guard:
 
 def queue_events(ctx: RequestContext, events: list[RecordEvent]) -> None:
     """The event sink: queue a filtered, sealed delivery per (event, interested webhook)."""
+    if ctx.session.info.get(WEBHOOKS_ACTIVE) is False:
+        return  # none was active when the unit began (nor registered in it since)
     hooks = list(ctx.session.scalars(
         select(Webhook).where(Webhook.disabled_at.is_(None)).order_by(Webhook.id)))
     if not hooks:
