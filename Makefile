@@ -50,6 +50,12 @@ bench-trusted: $(TEST_STAMP)
 bench-opcodes: $(TEST_STAMP)
 	$(BIN)/python bench/trusted_opcodes.py $(BENCH_ARGS)
 
+# The machine's own latency floor at 20 connections: a do-nothing server (fixed CPU per request,
+# no database) served and driven as bench-trusted serves and drives Enclave.
+.PHONY: bench-floor
+bench-floor: $(TEST_STAMP)
+	$(BIN)/python bench/latency_floor.py $(BENCH_ARGS)
+
 # This checkout's trusted read against other revisions, side by side in one run (BENCH_ARGS=
 # "--rev REV"): the way to see what a change does on a shared, noisy machine.
 .PHONY: bench-ab
