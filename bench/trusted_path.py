@@ -33,6 +33,7 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -419,9 +420,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--contacts", type=int, default=20_000)
     parser.add_argument("--accounts", type=int, default=200)
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured time per run")
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured time per run")
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=2, help="runs per path, interleaved")
+    parser.add_argument("--rounds", type=int, default=4, help="runs per path, interleaved")
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-writes", action="store_true", help="skip the write mix")
@@ -579,9 +580,17 @@ def main(argv: list[str]) -> int:
             mine = summary.get(f"{workload}/{path}", {}).get("rps")
             if c and mine is not None:
                 ratios[f"{workload} {label}"] = mine / c
+    # The machine's speed drifts by half again within minutes; the ratio of each round's
+    # trusted and PostGraphile runs (minutes apart at most) shows how much of a/c is drift.
+    trusted_rounds = [r.rps for r in results if r.path == "trusted" and r.workload == "read"]
+    pg_rounds = [r.rps for r in results if r.path == "postgraphile" and r.workload == "read"]
+    round_ratios = [a / c for a, c in zip(trusted_rounds, pg_rounds, strict=False) if c]
     print()
     for name, value in ratios.items():
         print(f"{name} = {value:.2f}")
+    if round_ratios:
+        print(f"read a/c round by round: {' '.join(f'{r:.2f}' for r in round_ratios)} "
+              f"(median {statistics.median(round_ratios):.2f})")
     audit_ok = setup.get("audit_contact_read_entries", 0) >= setup.get("enclave_read_requests", 0)
     print(f"audit: {setup.get('audit_contact_read_entries')} contact.read entries for at least "
           f"{setup.get('enclave_read_requests')} measured Enclave reads "
@@ -595,6 +604,7 @@ def main(argv: list[str]) -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
         "revision": base.git_revision(), "setup": setup, "summary": summary, "ratios": ratios,
+        "read_ac_by_round": round_ratios,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "run_id": uuid.uuid4().hex[:8],
     }, indent=2) + "\n")
