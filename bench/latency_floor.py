@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,7 +75,10 @@ def serve_main(port: int, workers: int) -> None:
     from api import connection_balance
 
     if workers > 1:
-        connection_balance.TABLE = connection_balance.WorkerTable(workers)
+        try:
+            connection_balance.TABLE = connection_balance.WorkerTable(workers)
+        except OSError as error:  # as `enclave serve` does: serve unbalanced, and say so
+            print(f"latency floor: connections not balanced ({error})", file=sys.stderr)
     Granian("latency_floor:build", factory=True, address=trusted_path.HOST, port=port,
             interface=Interfaces.ASGI, workers=workers, loop=Loops.uvloop,
             log_access=False).serve()
@@ -110,27 +115,40 @@ def main(argv: list[str]) -> int:
           f"{args.warmup:g} s + {args.seconds:g} s per run", file=sys.stderr)
     print(f"{'CPU us/req':>10} {'req/s':>8} {'p10':>6} {'p50':>6} {'p90':>6} {'p99':>6} "
           f"{'mean':>6} {'p99/mean':>8}   (ms)")
-    failed = False
-    for cpu_us in args.cpu_us:
-        server = start(cpu_us, args.workers, workdir)
-        try:
-            request = trusted_path._request(server.port, None, {"query": "{ floor }"})
-            result = trusted_path.drive("floor", "read", server,
-                                        lambda rng, request=request: request,
-                                        lambda body: None if body == BODY else "wrong body",
-                                        args)
-        finally:
-            trusted_path.stop(server)
-        latencies = result.latencies_ms
-        mean = args.concurrency * 1000 / result.rps if result.rps else float("nan")
-        p99 = base.percentile(latencies, 99)
-        print(f"{cpu_us:>10} {result.rps:8.1f} "
-              + " ".join(f"{base.percentile(latencies, q):6.1f}" for q in (10, 50, 90, 99))
-              + f" {mean:6.1f} {p99 / mean:8.2f}"
-              + (f"   ERRORS {result.errors}: {result.first_error}" if result.errors else ""),
-              flush=True)
-        failed = failed or bool(result.errors)
-    return 1 if failed else 0
+    rows: list[dict[str, Any]] = []
+    try:
+        for cpu_us in args.cpu_us:
+            server = start(cpu_us, args.workers, workdir)
+            try:
+                request = trusted_path._request(server.port, None, {"query": "{ floor }"})
+                result = trusted_path.drive("floor", "read", server,
+                                            lambda rng, request=request: request,
+                                            lambda body: None if body == BODY else "wrong body",
+                                            args)
+            finally:
+                trusted_path.stop(server)
+            latencies = result.latencies_ms
+            mean = args.concurrency * 1000 / result.rps if result.rps else float("nan")
+            row = {"cpu_us": cpu_us, "rps": result.rps, "mean_ms": mean,
+                   **{f"p{q}_ms": base.percentile(latencies, q) for q in (10, 50, 90, 99)},
+                   "errors": result.errors, "first_error": result.first_error}
+            rows.append(row)
+            print(f"{cpu_us:>10} {result.rps:8.1f} "
+                  + " ".join(f"{row[f'p{q}_ms']:6.1f}" for q in (10, 50, 90, 99))
+                  + f" {mean:6.1f} {row['p99_ms'] / mean:8.2f}"
+                  + (f"   ERRORS {result.errors}: {result.first_error}" if result.errors
+                     else ""), flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    output = BENCH / "results" / f"latency_floor-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({
+        "benchmark": "latency_floor", "revision": base.git_revision(),
+        "args": vars(args), "machine": {"cpus": os.cpu_count(),
+                                        "python": platform.python_version()},
+        "runs": rows}, indent=2) + "\n")
+    print(f"\nresults written to {output.relative_to(ROOT)}")
+    return 1 if any(row["errors"] for row in rows) else 0
 
 
 if __name__ == "__main__":
