@@ -591,6 +591,9 @@ def main(argv: list[str]) -> int:
     if round_ratios:
         print(f"read a/c round by round: {' '.join(f'{r:.2f}' for r in round_ratios)} "
               f"(median {statistics.median(round_ratios):.2f})")
+    criteria = done_when(summary, ratios)
+    for name, met in criteria.items():
+        print(f"issue 7, {name}: {'met' if met else 'NOT met'}")
     audit_ok = setup.get("audit_contact_read_entries", 0) >= setup.get("enclave_read_requests", 0)
     print(f"audit: {setup.get('audit_contact_read_entries')} contact.read entries for at least "
           f"{setup.get('enclave_read_requests')} measured Enclave reads "
@@ -604,7 +607,7 @@ def main(argv: list[str]) -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
         "revision": base.git_revision(), "setup": setup, "summary": summary, "ratios": ratios,
-        "read_ac_by_round": round_ratios,
+        "read_ac_by_round": round_ratios, "done_when": criteria,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "run_id": uuid.uuid4().hex[:8],
     }, indent=2) + "\n")
@@ -612,6 +615,17 @@ def main(argv: list[str]) -> int:
           f"({time.perf_counter() - started:.0f} s)")
     failed = any(f["errors"] for f in summary.values()) or not audit_ok
     return 1 if failed else 0
+
+
+def done_when(summary: dict[str, Any], ratios: dict[str, float]) -> dict[str, bool]:
+    """Issue 7's two measured criteria, read off this run alone. The p99 one depends on the
+    machine as much as on the server: `make bench-floor` shows what any server gets here, and
+    PostGraphile's own p99 in this run is in the table above."""
+    trusted = summary.get("read/trusted", {})
+    return {
+        "read a/c >= 1.0": ratios.get("read a/c", 0.0) >= 1.0,
+        "trusted read p99 < 25 ms": trusted.get("p99_ms", float("inf")) < 25.0,
+    }
 
 
 if __name__ == "__main__":
