@@ -225,7 +225,8 @@ def keys_rotate() -> None:
 def keys_reencrypt(
     batch_size: Annotated[int, typer.Option(min=1, max=10_000)] = 200,
 ) -> None:
-    """Move every contact to the newest field key, batch by batch (resumable, online)."""
+    """Move every sealed record (every object, TOTP secrets, webhook secrets) to the newest
+    field key, batch by batch (resumable, online)."""
     from schema.context import unit_of_work
     from schema.ops import keys
     appliance = _open()

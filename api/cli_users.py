@@ -65,8 +65,8 @@ def users_create(
         "--no-password", help="No local password: they sign in through the organisation's "
         "provider only.")] = False,
     totp: Annotated[bool, typer.Option(
-        "--totp", help="Enrol TOTP even if their roles do not require it (admin and "
-        "security_officer always get it).")] = False,
+        "--totp", help="Enrol TOTP even if their roles do not require it (admin, "
+        "security_officer and privacy_officer always get it).")] = False,
     as_json: Json = False,
 ) -> None:
     """Create a person's account."""

@@ -74,9 +74,10 @@ def test_passwords_are_argon2id_at_least_owasp_and_accounts_are_admin_only(
     params = dict(p.split("=") for p in stored.split("$")[3].split(","))
     assert int(params["m"]) >= 19 * 1024 and int(params["t"]) >= 2
     assert PASSWORD not in stored
-    # No TOTP for a role that does not need it; always for admin and security_officer.
+    # No TOTP for a role that does not need it; always for admin, security_officer and
+    # privacy_officer.
     assert person.totp_secret is None
-    for role in ("admin", "security_officer"):
+    for role in ("admin", "security_officer", "privacy_officer"):
         assert make_person(appliance, f"{role}@example.com", role).totp_secret
     # The TOTP secret is sealed (ciphertext bound to its row), never stored in the clear.
     officer = make_person(appliance, "officer2@example.com", "security_officer")
@@ -93,7 +94,7 @@ def test_passwords_are_argon2id_at_least_owasp_and_accounts_are_admin_only(
     for role in ("security_officer", "auditor", "sales_manager"):
         with pytest.raises(Forbidden), unit_of_work(appliance, operator(role)) as ctx:
             users.create_user(ctx, email="x@example.com", roles=["admin"], password=PASSWORD)
-    assert [r.decision for r in audit_rows(appliance, "user.create")].count("allow") == 4
+    assert [r.decision for r in audit_rows(appliance, "user.create")].count("allow") == 5
 
 
 # -- TOTP ---------------------------------------------------------------------------------------

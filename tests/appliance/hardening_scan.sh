@@ -10,9 +10,9 @@
 # The scanners are installed into the overlay and run inside it (chroot), in private PID, network,
 # UTS and IPC namespaces so that they see the image's processes, host name and network settings
 # and not the build host's (oscap-chroot and lynis --rootdir read the build host's package
-# database and processes: wrong results, see notes/appliance-image.md). What a chroot cannot show
-# (the running kernel's non-network sysctls, mounts, the running services other than sshd) is
-# measured by booting the image: HARDENING_SCAN_VM=1 (slow under TCG: the minimal profile alone
+# database and processes, so they would score the build host, not the image). What a chroot
+# cannot show (the running kernel's non-network sysctls, mounts, the running services other
+# than sshd) is measured by booting the image: HARDENING_SCAN_VM=1 (slow under TCG: the minimal profile alone
 # took about 25 minutes on a shared 2-core machine).
 #
 #   HARDENING_SCAN_VM=1        also boot a copy of the image with the scanners under QEMU/OVMF (TCG)

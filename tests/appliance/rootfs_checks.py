@@ -389,6 +389,11 @@ def test_webhooks_and_retention_run_from_their_own_units() -> None:
     assert "IPAddressDeny=any" in webhooks
     assert [line for line in webhooks.splitlines()
             if line.startswith("IPAddressAllow=")] == ["IPAddressAllow=localhost"]
+    # The API too (federation and audit shipping need enclave_outbound_networks).
+    api = text("/etc/systemd/system/enclave.service")
+    assert "IPAddressDeny=any" in api
+    assert [line for line in api.splitlines()
+            if line.startswith("IPAddressAllow=")] == ["IPAddressAllow=localhost"]
     retention = text("/etc/systemd/system/enclave-retention.service")
     assert "ExecStart=/opt/enclave/venv/bin/enclave retention run" in retention
     assert "Type=oneshot" in retention

@@ -68,3 +68,29 @@ def test_tasks_use_full_module_names_and_templates_are_validated(role: str) -> N
             unvalidated = {"/etc/apt/sources.list", "/etc/issue", "/etc/issue.net"}
             assert "validate" in args or args["dest"] in unvalidated \
                 or args["dest"].startswith("{{ item"), (role, task["name"])
+
+
+def _unit(role: str, template: str, **overrides: Any) -> list[str]:
+    """A unit file as the role renders it, with the role's defaults and `overrides`."""
+    import jinja2
+
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(ROLES / role / "templates"),
+                                     undefined=jinja2.ChainableUndefined)
+    variables = {**load(ROLES / role / "defaults" / "main.yml"), **overrides}
+    return environment.get_template(template).render(**variables).splitlines()
+
+
+@pytest.mark.parametrize("template, networks", [
+    ("enclave.service.j2", "enclave_outbound_networks"),
+    ("enclave-webhooks.service.j2", "enclave_webhook_networks"),
+])
+def test_units_reach_loopback_only_unless_networks_are_named(template: str,
+                                                             networks: str) -> None:
+    def allowed(lines: list[str]) -> list[str]:
+        assert "IPAddressDeny=any" in lines
+        return [line for line in lines if line.startswith("IPAddressAllow=")]
+
+    assert allowed(_unit("enclave", template)) == ["IPAddressAllow=localhost"]
+    named = allowed(_unit("enclave", template, **{networks: ["10.20.0.15", "10.30.0.0/24"]}))
+    assert named == ["IPAddressAllow=localhost", "IPAddressAllow=10.20.0.15",
+                     "IPAddressAllow=10.30.0.0/24"]
