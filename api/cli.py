@@ -45,8 +45,10 @@ app.add_typer(import_app, name="import")
 app.add_typer(export_app, name="export")
 app.add_typer(webhooks_app, name="webhooks")
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Markup off: names, paths, URLs and messages the CLI prints come from users, and rich would
+# read "[/x]" in them as a closing tag (and raise). The few styled lines opt in with fixed text.
+out = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 DEV_MARKER = "DEVELOPMENT-MODE"
 EXIT_FAILED, EXIT_CONFIG, EXIT_INTERNAL = 1, 3, 70
@@ -69,7 +71,7 @@ def _settings(*, dev: bool = False) -> Settings:
 def _warn_dev(settings: Settings) -> None:
     if settings.dev_mode:
         err.print("[bold yellow]DEVELOPMENT MODE[/]: the key-encryption key may be unsealed; "
-                  "never use this data folder for real data.", highlight=False)
+                  "never use this data folder for real data.", highlight=False, markup=True)
 
 
 def _operator(*roles: str, team: str | None = None) -> Principal:
@@ -107,7 +109,7 @@ def init(dev: Annotated[bool, typer.Option("--dev", help="Development mode: the 
 
 def _report_init(settings: Settings, result: Any) -> None:
     if result.bootstrap_secret:
-        out.print("[bold]Bootstrap admin client (shown once):[/]")
+        out.print("[bold]Bootstrap admin client (shown once):[/]", markup=True)
         out.print(f"  client_id:     {result.bootstrap_client_id}")
         out.print(f"  client_secret: {result.bootstrap_secret}")
         out.print(f"  also written to {settings.bootstrap_credentials_path} (mode 0600)")
@@ -131,8 +133,9 @@ def serve(
     settings = Settings.from_env(data_dir=settings.data_dir, dev_mode=settings.dev_mode,
                                  host=host, port=port)
     if settings.dev_mode:
-        err.print("\n[bold red on yellow] ENCLAVE IS RUNNING IN DEVELOPMENT MODE [/] "
-                  f"data in {settings.data_dir}; not for real personal data.\n", highlight=False)
+        err.print("\n[bold red on yellow] ENCLAVE IS RUNNING IN DEVELOPMENT MODE [/] ",
+                  end="", highlight=False, markup=True)
+        err.print(f"data in {settings.data_dir}; not for real personal data.\n", highlight=False)
         result = initialise(settings)
         if not (settings.data_dir / DEV_MARKER).exists():
             (settings.data_dir / DEV_MARKER).write_text("Made by `enclave serve --dev`.\n")

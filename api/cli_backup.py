@@ -63,7 +63,7 @@ class _RichProgress:
     """The backup package's Progress, drawn on stderr while the terminal watches."""
 
     def __init__(self, bytes_: bool) -> None:
-        columns: list[Any] = [TextColumn("{task.description}"), BarColumn()]
+        columns: list[Any] = [TextColumn("{task.description}", markup=False), BarColumn()]
         columns += [DownloadColumn()] if bytes_ else [TextColumn("{task.completed:,} rows")]
         self._progress = Progress(*columns, TimeRemainingColumn(), console=_cli().err,
                                   transient=True)

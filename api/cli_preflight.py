@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from api import preflight
@@ -69,16 +70,19 @@ def preflight_command(
     if as_json:
         print(json.dumps(report.to_dict()))
     else:
-        table = Table(title=f"Pre-flight check: hardware profile {profile}", title_justify="left")
+        table = Table(title=f"Pre-flight check: hardware profile {escape(profile)}",
+                      title_justify="left")
         for column in ("check", "result", "found", "required", "what to do"):
             table.add_column(column, overflow="fold")
         for check in report.checks:
             style = _STYLE.get(check.status, "")
-            table.add_row(check.name, f"[{style}]{check.status.upper()}[/]", check.found,
-                          check.required, check.hint if check.status != preflight.PASS else "")
+            # What the host reports is text, not markup (a "[...]" in it must print as is).
+            table.add_row(escape(check.name), f"[{style}]{check.status.upper()}[/]",
+                          escape(check.found), escape(check.required),
+                          escape(check.hint) if check.status != preflight.PASS else "")
         console = Console(soft_wrap=False)
         console.print(table)
-        console.print(f"[{'green' if report.ok else 'bold red'}]{report.summary}[/]",
+        console.print(f"[{'green' if report.ok else 'bold red'}]{escape(report.summary)}[/]",
                       highlight=False)
     if not report.ok:
         raise typer.Exit(preflight.EXIT_REFUSED)

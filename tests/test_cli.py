@@ -223,6 +223,17 @@ def test_unknown_role_is_one_line(dev_dir: Path) -> None:
     assert ok(dev_dir, "clients", "list", "--json").stdout == before
 
 
+def test_brackets_in_names_and_ids_print_as_text(dev_dir: Path) -> None:
+    """The console library reads "[/x]" as a closing tag: what users type is never markup."""
+    unknown = enclave(dev_dir, "clients", "revoke", "[/foo]")
+    assert_one_line_error(unknown, expect_in="no client [/foo]", code=1)
+    ok(dev_dir, "clients", "create", "--name", "evil[/x]", "--role", "sales_rep")
+    assert "evil[/x]" in ok(dev_dir, "clients", "list").stdout
+    bad_key = enclave(dev_dir, "custom-fields", "define", "contact", "Tier", "--type", "text",
+                      "--classification", "public")
+    assert_one_line_error(bad_key, expect_in="[a-z][a-z0-9_]{0,40}", code=1)
+
+
 def test_sealed_kek_needs_the_right_passphrase(data_dir: Path) -> None:
     passphrase = "correct horse battery staple"
     init = ok(data_dir, "init", ENCLAVE_KEY_PASSPHRASE=passphrase)
