@@ -302,6 +302,13 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("enclave: interrupted", highlight=False)
         sys.exit(130)
+    except OSError as exc:  # a path that is a directory, has no parent, may not be written...
+        where = f": {exc.filename}" if exc.filename else ""
+        err.print(f"enclave: error: {exc.strerror or exc}{where}", highlight=False)
+        sys.exit(EXIT_FAILED)
+    except UnicodeError:
+        err.print("enclave: error: the input is not UTF-8 text", highlight=False)
+        sys.exit(EXIT_FAILED)
     except Exception as exc:  # one line, never a traceback, unless asked for
         if os.environ.get("ENCLAVE_DEBUG"):
             raise

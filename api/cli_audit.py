@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any
 
 import typer
 
+from api.cli_files import replaced_when_done
 from security.errors import EnclaveError
 
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
@@ -125,16 +125,9 @@ def audit_export(
     appliance = cli._open()
     _sign_now(appliance)  # its own short transaction: the newest entries are proven too
     out_file = out_file.absolute()
-    partial = out_file.with_name(f".{out_file.name}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle, \
-                unit_of_work(appliance, _officer()) as ctx:
-            summary = audit_log.export(ctx, handle, filter=selection)
-            keys = audit_log.public_keys(ctx)
-        os.replace(partial, out_file)
-    finally:
-        partial.unlink(missing_ok=True)
+    with replaced_when_done(out_file) as handle, unit_of_work(appliance, _officer()) as ctx:
+        summary = audit_log.export(ctx, handle, filter=selection)
+        keys = audit_log.public_keys(ctx)
     _ship_now(appliance)
     if as_json:
         print(json.dumps({"file": str(out_file), "events": summary.events,

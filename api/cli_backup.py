@@ -25,6 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from api.cli_files import replaced_when_done
 from security.config import Settings
 from security.errors import EnclaveError
 
@@ -414,6 +415,7 @@ def erasures_export(
     if out_file is None:
         sys.stdout.write(text)
     else:
-        out_file.write_text(text)
+        with replaced_when_done(out_file) as handle:
+            handle.write(text)
         cli.out.print(f"{len(document['erasures'])} erasure(s) written to {out_file}",
                       highlight=False)

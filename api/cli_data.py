@@ -15,6 +15,7 @@ import typer
 
 # Imported for its side effect too: record events of every CLI command queue webhook deliveries.
 import schema.ops.webhooks  # noqa: F401
+from api.cli_files import replaced_when_done
 from security.errors import BadUserInput, EnclaveError
 
 custom_fields_app = typer.Typer(help="Custom fields on CRM objects (admin).", no_args_is_help=True)
@@ -128,7 +129,7 @@ def _export(object_type: str, output: Path | None, roles: list[str], team: str |
         if output is None:
             result = data_transfer.export_csv(ctx, object_type, sys.stdout)
         else:
-            with open(output, "w", encoding="utf-8", newline="") as stream:
+            with replaced_when_done(output, newline="") as stream:
                 result = data_transfer.export_csv(ctx, object_type, stream)
     if result.omitted:
         cli.err.print(f"left out (not readable as {', '.join(roles)}): "

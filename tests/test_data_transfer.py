@@ -199,6 +199,26 @@ def test_cli_import_and_export(appliance: Appliance, settings: Settings,
     rows = _rows(target.read_text())
     assert [r["lastName"] for r in rows] == ["Holloway"] and "nationalId" not in rows[0]
     assert "nationalId" in exported.stderr  # named as left out
+    # A file that is not UTF-8: one line, not an internal error.
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes("lastName\nM\u00fcller\n".encode("latin-1"))
+    unreadable = _cli(settings, "import", "contacts", str(latin), "--as-role", "sales_manager",
+                      "--team", TEAM)
+    assert unreadable.returncode == 1, unreadable.stderr
+    assert [line for line in unreadable.stderr.splitlines() if line.startswith("enclave:")] \
+        == ["enclave: error: the input is not UTF-8 text"], unreadable.stderr
+    # A refused export leaves the file that was there as it was, and no partial file beside it.
+    before = target.read_bytes()
+    refused = _cli(settings, "export", "contacts", "--as-role", "admin", "-o", str(target))
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert target.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    # A folder or a missing folder as the output: one line, nothing written.
+    for output, says in ((tmp_path, "is a folder"), (tmp_path / "none" / "x.csv", "no folder")):
+        bad = _cli(settings, "export", "contacts", "--as-role", "sales_rep", "--team", TEAM,
+                   "-o", str(output))
+        problems = [line for line in bad.stderr.splitlines() if line.startswith("enclave:")]
+        assert bad.returncode == 1 and len(problems) == 1 and says in problems[0], bad.stderr
 
 
 def test_leads_import_with_custom_columns_and_export(appliance: Appliance,
