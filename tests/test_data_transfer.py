@@ -107,6 +107,17 @@ def test_all_or_nothing_writes_nothing_when_one_row_is_bad(appliance: Appliance,
         assert session.scalar(select(func.count()).select_from(Account)) == 1
 
 
+def test_a_quoting_error_stops_the_import_and_says_the_rest_was_not_read(
+        caller: Any, appliance: Appliance) -> None:
+    manager = caller("sales_manager", team=TEAM)
+    broken = 'lastName\nGale\n"Hurst\nIbbotson\nJarrow\n'  # row 3 opens a quote never closed
+    report = manager.gql(IMPORT, {"o": "contact", "csv": broken})["data"]["importCsv"]
+    assert report["created"] == 1 and report["rejectedCount"] == 1, report
+    (rejected,) = report["rejected"]
+    assert rejected["row"] == 3 and "the rows after it were not read" in rejected["message"]
+    assert _contacts(appliance) == 1
+
+
 def test_import_refuses_bad_files_roles_and_sizes(caller: Any, appliance: Appliance) -> None:
     manager = caller("sales_manager", team=TEAM)
     unknown = manager.gql(IMPORT, {"o": "contact", "csv": "lastName,shoeSize\nA,9\n"})

@@ -225,8 +225,11 @@ def _rows(reader: Any) -> Iterator[tuple[int, list[str] | Rejection]]:
         except StopIteration:
             return
         except csv.Error as exc:
-            yield number, Rejection(number, None, f"malformed CSV: {exc}")
-            return  # the reader cannot resynchronise after a quoting error
+            # The reader cannot resynchronise after a quoting error: say that the rest of
+            # the file was not read, or its rows would vanish without a word.
+            yield number, Rejection(number, None, f"malformed CSV: {exc}; the rows after it "
+                                                  "were not read")
+            return
         if any(len(c) > MAX_CELL for c in cells):
             yield number, Rejection(number, None, f"a cell is longer than {MAX_CELL} characters")
             continue
