@@ -312,11 +312,13 @@ def prune(
 ) -> None:
     """Keep the newest backup of the last N days, weeks and months; remove the others."""
     from backup import apply_prune, list_backups, plan_prune
+    from backup.retention import payload_problem
     cli = _cli()
     with _json_errors(as_json):
         settings = cli._settings()
         plan = plan_prune(list_backups(_backup_dir(settings, directory)), keep_daily=keep_daily,
-                          keep_weekly=keep_weekly, keep_monthly=keep_monthly)
+                          keep_weekly=keep_weekly, keep_monthly=keep_monthly,
+                          damaged=payload_problem)
         removed: list[Path] = []
         if not dry_run and plan.remove:
             appliance = cli._open()
@@ -336,11 +338,14 @@ def prune(
         print(json.dumps({"ok": True, "dry_run": dry_run,
                           "keep": [{"name": p.name, "why": why} for p, why in plan.keep.items()],
                           "remove": [b.path.name for b in plan.remove],
-                          "untouched": [b.path.name for b in plan.untouched]}))
+                          "untouched": [b.path.name for b in plan.untouched],
+                          "untouched_why": {b.path.name: b.status for b in plan.untouched}}))
         return
     verb = "would remove" if dry_run else "removed"
     for path, why in plan.keep.items():
         cli.out.print(f"keep    {path.name}  ({', '.join(why)})", highlight=False)
+    for b in plan.untouched:
+        cli.out.print(f"leave   {b.path.name}  ({b.status})", highlight=False)
     for b in plan.remove:
         cli.out.print(f"{verb:<7} {b.path.name}", highlight=False)
     cli.out.print(f"{len(plan.keep)} kept, {len(plan.remove)} {verb}", highlight=False)

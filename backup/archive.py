@@ -150,7 +150,10 @@ def read_layout(path: Path) -> Layout:
         if payload_offset + skip > file_size:
             raise Truncated(f"{path.name} ends inside payload.age: it was cut short or never "
                             "finished")
-        handle.seek(skip, os.SEEK_CUR)
+        handle.seek(payload_size, os.SEEK_CUR)
+        # Every byte of the file is checked: the payload by its signed hash, the padding here.
+        if any(_read_exact(handle, skip - payload_size, PAYLOAD)):
+            raise Tampered(f"the tar padding after {PAYLOAD} is not zero")
         small: dict[str, bytes] = {}
         for name in (MANIFEST, SIGNATURE):
             size = _header(handle, name)

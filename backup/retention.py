@@ -3,7 +3,10 @@
 Prune keeps, like restic and borg, the newest backup of each of the last N days, ISO weeks and
 months that have one (a backup kept by any rule stays), and never the newest backup of all.
 It removes only complete backups whose manifest it can read; `.partial` files (a backup in
-progress, or one that was interrupted) and unreadable files are listed, never removed.
+progress, or one that was interrupted) and unreadable files are listed, never removed. A backup
+counts towards a rule only once its payload matches the hash its manifest records (checked
+when prune would keep it): a damaged newest backup must not be the reason the last good one of
+its day is removed. Damaged backups are listed and left in place too.
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ import datetime as dt
 import json
 import re
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from backup.archive import read_layout
+from backup.archive import PayloadReader, read_layout
 from backup.errors import BackupError
 from backup.manifest import FORMAT
 
@@ -97,8 +100,33 @@ def _bucket_rules(daily: int, weekly: int, monthly: int) \
     ]
 
 
+def payload_problem(backup: BackupInfo) -> str | None:
+    """Why the backup's payload does not match its manifest's SHA-256, or None when it does
+    (the signature is `backup verify`'s to check)."""
+    try:
+        layout = read_layout(backup.path)
+        expected = json.loads(layout.manifest)["payload"]["sha256"]
+    except BackupError as exc:
+        return exc.message
+    except (ValueError, KeyError, TypeError):
+        return "the manifest is malformed"
+    reader = PayloadReader(layout)
+    try:
+        buffer = bytearray(1 << 20)
+        while reader.readinto(buffer):
+            pass
+    finally:
+        reader.close()
+    if reader.sha256.hexdigest() != expected:
+        return "payload.age does not match the manifest's SHA-256"
+    return None
+
+
 def plan_prune(backups: list[BackupInfo], *, keep_daily: int = 0, keep_weekly: int = 0,
-               keep_monthly: int = 0) -> PrunePlan:
+               keep_monthly: int = 0,
+               damaged: Callable[[BackupInfo], str | None] = lambda _: None) -> PrunePlan:
+    """`damaged` says what is wrong with a backup prune would keep (None: nothing); a damaged
+    one is left in place and the next one takes its turn."""
     if min(keep_daily, keep_weekly, keep_monthly) < 0:
         raise BackupError("--keep-daily, --keep-weekly and --keep-monthly cannot be negative")
     if keep_daily + keep_weekly + keep_monthly == 0:
@@ -107,18 +135,29 @@ def plan_prune(backups: list[BackupInfo], *, keep_daily: int = 0, keep_weekly: i
     complete = sorted((b for b in backups if b.complete),
                       key=lambda b: (b.created, b.path.name), reverse=True)
     plan.untouched = [b for b in backups if not b.complete]
-    if complete:
-        plan.keep[complete[0].path] = ["newest"]
+    sound: dict[Path, bool] = {}
+
+    def is_sound(backup: BackupInfo) -> bool:
+        if backup.path not in sound:
+            problem = damaged(backup)
+            sound[backup.path] = problem is None
+            if problem is not None:
+                plan.untouched.append(replace(backup, status=f"damaged: {problem}"))
+        return sound[backup.path]
+
+    newest = next((b for b in complete if is_sound(b)), None)
+    if newest is not None:
+        plan.keep[newest.path] = ["newest"]
     for rule, count, bucket_of in _bucket_rules(keep_daily, keep_weekly, keep_monthly):
         seen: set[Hashable] = set()
         for backup in complete:
             if len(seen) >= count:
                 break
             bucket = bucket_of(backup.created.astimezone(dt.UTC))
-            if bucket not in seen:
+            if bucket not in seen and is_sound(backup):
                 seen.add(bucket)
                 plan.keep.setdefault(backup.path, []).append(rule)
-    plan.remove = [b for b in complete if b.path not in plan.keep]
+    plan.remove = [b for b in complete if b.path not in plan.keep and sound.get(b.path, True)]
     return plan
 
 

@@ -185,3 +185,27 @@ def test_a_fresh_target_needs_a_trusted_signer(
     with pytest.raises(BadSignature, match="another appliance"):
         restore_backup(path, identities, fresh, principal=ADMIN, signer=fingerprint(other))
     assert not fresh.data_dir.exists()
+
+
+def test_a_flipped_byte_anywhere_in_the_file_is_refused(appliance: Appliance,
+                                                        made: tuple[Path, Officer],
+                                                        tmp_path: Path) -> None:
+    """Headers, payload, manifest, signature, every member's tar padding and the end marker:
+    no byte of a backup may change unnoticed, even without the recovery identity."""
+    path, _ = made
+    anchor = appliance_anchor(appliance)
+    size = path.stat().st_size
+    layout = read_layout(path)
+    payload_end = layout.payload_offset + layout.payload_size
+    # The payload's tar padding (none in one file out of 512), first and last bytes.
+    padding = [payload_end + i for i in range(-layout.payload_size % 512)]
+    offsets = sorted({*range(0, size, 97), *padding[:3], *padding[-3:], size - 1})
+    accepted = []
+    for offset in offsets:
+        bad = flip(path, tmp_path / "flipped.tar", offset)
+        try:
+            verify_backup(bad, anchor)
+        except BackupError:
+            continue
+        accepted.append(offset)
+    assert accepted == [], f"flipped bytes at {accepted} of {size} went unnoticed"

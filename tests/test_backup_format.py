@@ -18,6 +18,8 @@ from backup.identity import load_identities, validate_recipient
 from backup.manifest import TrustAnchor, check_format, check_signature, fingerprint, signer_block
 from backup.retention import BackupInfo, list_backups, plan_prune
 from backup.tarstream import TarParser, tar_end, tar_member
+from backup_support import ADMIN, add_officer, new_officer, seed
+from schema.runtime import Appliance
 
 
 def test_public_surface_is_pinned() -> None:
@@ -175,6 +177,42 @@ def test_prune_keeps_the_newest_per_day_week_and_month() -> None:
     assert list(only_newest.keep) == [backups[0].path]
     with pytest.raises(BackupError, match="at least one"):
         plan_prune(backups)
+
+
+def test_prune_never_keeps_a_damaged_backup_in_place_of_a_good_one() -> None:
+    """A damaged newest backup (bit rot, a bad disk) does not count: the good one before it
+    stays, and the damaged one is left in place, not removed, for someone to look at."""
+    backups = [_info(t) for t in ("2026-11-22T03:00", "2026-11-22T01:00", "2026-11-21T03:00")]
+    checked: list[str] = []
+
+    def damaged(backup: BackupInfo) -> str | None:
+        checked.append(backup.path.name)
+        return "payload.age does not match" if backup is backups[0] else None
+
+    plan = plan_prune(backups, keep_daily=1, damaged=damaged)
+    assert list(plan.keep) == [backups[1].path]           # the newest sound one of that day
+    assert [b.path for b in plan.remove] == [backups[2].path]
+    assert [(b.path, b.status) for b in plan.untouched] == [
+        (backups[0].path, "damaged: payload.age does not match")]
+    assert checked == ["2026-11-22T03:00.tar", "2026-11-22T01:00.tar"]  # only would-be keepers
+
+
+def test_payload_problem_finds_a_flipped_payload_byte(appliance: Appliance,
+                                                     tmp_path: Path) -> None:
+    from backup.archive import read_layout
+    from backup.retention import payload_problem
+    add_officer(appliance, new_officer(tmp_path / "offline"))
+    seed(appliance, 3)
+    made = backup.create_backup(appliance, tmp_path / "backups", principal=ADMIN).path
+    (info,) = list_backups(made.parent)
+    assert payload_problem(info) is None
+    layout = read_layout(made)
+    data = bytearray(made.read_bytes())
+    data[layout.payload_offset + layout.payload_size // 2] ^= 0x01
+    made.write_bytes(bytes(data))
+    (damaged,) = list_backups(made.parent)
+    assert damaged.complete  # list reads the structure only ...
+    assert payload_problem(damaged) == "payload.age does not match the manifest's SHA-256"
 
 
 def test_list_shows_unfinished_and_unreadable_files(tmp_path: Path) -> None:
