@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from backup_support import ADMIN, add_officer, new_officer, seed
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import backup
@@ -18,7 +19,6 @@ from backup.identity import load_identities, validate_recipient
 from backup.manifest import TrustAnchor, check_format, check_signature, fingerprint, signer_block
 from backup.retention import BackupInfo, list_backups, plan_prune
 from backup.tarstream import TarParser, tar_end, tar_member
-from backup_support import ADMIN, add_officer, new_officer, seed
 from schema.runtime import Appliance
 
 
