@@ -142,6 +142,10 @@ def serve(
         _report_init(settings, result)
     if not settings.dev_mode and _granian_present():  # production: a worker per core
         from api import serving
+        # Open it once here, so that a data folder that is not initialised, a sealed key
+        # without its passphrase or an unreachable database is one line and exit 3 before
+        # anything listens, not a traceback from every worker granian restarts.
+        Appliance.open(settings).close()
         out.print(f"Enclave listening on http://{settings.host}:{settings.port} with "
                   f"{serving.worker_count(settings)} workers (docs/performance.md)")
         serving.serve(settings)

@@ -258,7 +258,9 @@ def test_sealed_kek_needs_the_right_passphrase(data_dir: Path) -> None:
 
 def test_uninitialised_data_folder(tmp_path: Path) -> None:
     never = tmp_path / "never" / "var"
-    for args in (("clients", "list"), ("audit", "verify"), ("keys", "rotate")):
+    # serve too: one line before anything listens, not a traceback from each worker.
+    for args in (("clients", "list"), ("audit", "verify"), ("keys", "rotate"),
+                 ("serve", "--host", "127.0.0.1", "--port", "1")):
         run = enclave(never, *args)
         assert_one_line_error(run, expect_in="enclave init", code=3)
     assert not never.exists(), "a read-only command must not create the data folder"
