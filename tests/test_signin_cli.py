@@ -95,6 +95,9 @@ def test_users_and_web_clients_from_the_command_line(tmp_path: Path) -> None:
             "http://app.example.com/cb", expect="loopback only")
     refused(data_dir, "web-clients", "create", "--name", "bad", "--redirect-uri",
             "https://*.example.com/cb", expect="wildcard")
+    for malformed in ("https://[::1/cb", "http://localhost:99999/cb", "https://exa mple.com/"):
+        refused(data_dir, "web-clients", "create", "--name", "bad", "--redirect-uri", malformed,
+                expect="redirect_uri")
     ok(data_dir, "web-clients", "revoke", web["client_id"])
     clients = {c["client_id"]: c for c in json.loads(ok(data_dir, "web-clients", "list",
                                                         "--json"))}

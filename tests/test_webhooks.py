@@ -259,6 +259,11 @@ def test_registration_is_admin_only_validated_and_secret_shown_once(
     for variables, fld in (
             ({"c": target, "u": "ftp://127.0.0.1/x", "e": ["contact.created"]}, "url"),
             ({"c": target, "u": "http://user:pw@127.0.0.1/x", "e": ["contact.created"]}, "url"),
+            # urlsplit raises on these: a clear refusal, not an internal error.
+            ({"c": target, "u": "https://[::1/x", "e": ["contact.created"]}, "url"),
+            ({"c": target, "u": "http://127.0.0.1:99999/x", "e": ["contact.created"]}, "url"),
+            ({"c": target, "u": "https://ok.example:abc/x", "e": ["contact.created"]}, "url"),
+            ({"c": target, "u": "https://exa mple.com/x", "e": ["contact.created"]}, "url"),
             ({"c": target, "u": receiver.url, "e": ["contact.exploded"]}, "eventTypes"),
             ({"c": target, "u": receiver.url, "e": []}, "eventTypes"),
             ({"c": "no-such-client", "u": receiver.url, "e": ["contact.created"]}, "clientId")):

@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import re
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 from security.errors import BadUserInput
 
@@ -76,6 +77,23 @@ def url(field: str, value: Any) -> str | None:
     if value is not None and not _URL.match(value):
         raise BadUserInput(f"{field} must be an http(s) URL", field=field)
     return value
+
+
+def http_url_parts(field: str, value: str) -> SplitResult:
+    """The parts of an absolute http(s) URL with a host and, if any, a port in 1-65535; no
+    spaces or control characters anywhere."""
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        raise BadUserInput(f"{field} must not contain spaces or control characters", field=field)
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises for a port that is not a number in 0-65535
+    except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535", ...
+        raise BadUserInput(f"{field} is not a valid URL ({exc})", field=field) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadUserInput(f"{field} must be an http(s) URL with a host", field=field)
+    if port == 0:
+        raise BadUserInput(f"{field} names port 0", field=field)
+    return parts
 
 
 def team(field: str, value: Any) -> str | None:

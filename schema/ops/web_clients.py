@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
@@ -44,10 +43,8 @@ def _loopback(host: str) -> bool:
 def check_redirect_uri(uri: str) -> str:
     """An absolute https URI without fragment (plain http only on loopback, RFC 8252)."""
     value = validation.text("redirect_uri", uri, max_length=2000, required=True) or ""
-    parts = urlsplit(value)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise BadUserInput(f"{value!r} is not an absolute http(s) URI", field="redirect_uri")
-    if parts.scheme == "http" and not _loopback(parts.hostname):
+    parts = validation.http_url_parts("redirect_uri", value)
+    if parts.scheme == "http" and not _loopback(parts.hostname or ""):
         raise BadUserInput(f"{value!r}: plain http is allowed on loopback only",
                            field="redirect_uri")
     if parts.fragment or "#" in value or "*" in value or parts.username or parts.password:

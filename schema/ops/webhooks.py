@@ -17,7 +17,6 @@ import datetime as dt
 import decimal
 import json
 import secrets
-import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from sqlalchemy import select
 
 from schema.context import EVENT_SINKS, WEBHOOKS_ACTIVE, RecordEvent, RequestContext
 from schema.names import camel
+from schema.ops import validation
 from security import row_seal
 from security.authz import MANAGE, READ, Decision
 from security.classification import OBJECTS
@@ -54,13 +54,9 @@ def _url(value: str) -> str:
     if not isinstance(value, str) or len(value) > MAX_URL:
         raise BadUserInput(f"url must be an http(s) URL of at most {MAX_URL} characters",
                            field="url")
-    parts = urllib.parse.urlsplit(value.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadUserInput("url must be an http(s) URL with a host", field="url")
+    parts = validation.http_url_parts("url", value.strip())
     if parts.username or parts.password:
         raise BadUserInput("url must not carry credentials", field="url")
-    if any(c.isspace() or ord(c) < 32 for c in value.strip()):
-        raise BadUserInput("url must not contain spaces or control characters", field="url")
     return value.strip()
 
 
