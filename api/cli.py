@@ -23,7 +23,7 @@ from api.cli_preflight import preflight_app
 from api.cli_privacy import retention_app, subject_app
 from api.cli_users import users_app, web_clients_app
 from security.config import Settings
-from security.errors import ConfigurationError, EnclaveError
+from security.errors import BadUserInput, ConfigurationError, EnclaveError
 from security.principal import Principal
 
 app = typer.Typer(help="Enclave: the security-hardened CRM appliance.", no_args_is_help=True,
@@ -265,6 +265,10 @@ def demo(
     from schema.context import unit_of_work
     from schema.ops import accounts as account_ops
     from schema.ops import contacts as contact_ops
+    from schema.ops import validation
+    team = validation.team("--team", team) or ""
+    if not team:
+        raise BadUserInput("--team names the team that owns the demo records", field="team")
     appliance = _open()
     rng = random.Random(seed)
     principal = _operator("sales_manager", team=team)

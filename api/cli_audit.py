@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from api.cli_files import replaced_when_done
-from security.errors import EnclaveError
+from security.errors import BadUserInput, EnclaveError
 
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 
@@ -119,6 +119,9 @@ def audit_export(
     from schema.context import unit_of_work
     from schema.ops import audit_log
     cli = _cli()
+    if decision is not None and decision not in ("allow", "deny", "error"):
+        raise BadUserInput(f"--decision is allow, deny or error, not {decision!r}",
+                           field="decision")
     selection = audit_log.AuditFilter(
         actor=actor, action=action, object_type=object_type, object_id=object_id,
         decision=decision, since=_time(since, "--since"), until=_time(until, "--until"))

@@ -60,6 +60,13 @@ def _backup_dir(settings: Settings, given: Path | None) -> Path:
     return Path(env).absolute() if env else settings.data_dir / "backups"
 
 
+def _named_folder_exists(directory: Path | None) -> None:
+    """A --dir the user named must be a folder: "no backups" would hide a typo."""
+    from backup import BackupError
+    if directory is not None and not directory.is_dir():
+        raise BackupError(f"--dir {directory} is not a folder")
+
+
 class _RichProgress:
     """The backup package's Progress, drawn on stderr while the terminal watches."""
 
@@ -288,6 +295,7 @@ def list_(directory: Directory = None, as_json: Json = False) -> None:
     """List the backups in the backup folder, newest first (run verify to check one)."""
     from backup import list_backups
     cli = _cli()
+    _named_folder_exists(directory)
     found = list_backups(_backup_dir(cli._settings(), directory))
     if as_json:
         print(json.dumps([b.as_dict() for b in found]))
@@ -316,6 +324,7 @@ def prune(
     cli = _cli()
     with _json_errors(as_json):
         settings = cli._settings()
+        _named_folder_exists(directory)
         plan = plan_prune(list_backups(_backup_dir(settings, directory)), keep_daily=keep_daily,
                           keep_weekly=keep_weekly, keep_monthly=keep_monthly,
                           damaged=payload_problem)

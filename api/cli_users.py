@@ -73,6 +73,9 @@ def users_create(
     from schema.context import unit_of_work
     from schema.ops import users
     cli = _cli()
+    if no_password and password_stdin:
+        raise BadUserInput("--no-password and --password-stdin contradict each other: give one",
+                           field="password")
     password = None if no_password else _read_password(password_stdin)
     appliance = cli._open()
     with unit_of_work(appliance, cli._operator("admin")) as ctx:

@@ -234,6 +234,26 @@ def test_brackets_in_names_and_ids_print_as_text(dev_dir: Path) -> None:
     assert_one_line_error(bad_key, expect_in="[a-z][a-z0-9_]{0,40}", code=1)
 
 
+def test_contradictory_or_unknown_options_are_refused_not_ignored(dev_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    before = ok(dev_dir, "audit", "verify", "--json").stdout
+    for args, says in (
+            (("backup", "list", "--dir", str(tmp_path / "none")), "is not a folder"),
+            (("backup", "prune", "--keep-daily", "1", "--dir", str(tmp_path / "none")),
+             "is not a folder"),
+            (("audit", "export", "--out", str(tmp_path / "e.json"), "--decision", "maybe"),
+             "allow, deny or error"),
+            (("demo", "--contacts", "1", "--team", ""), "--team"),
+            (("demo", "--contacts", "1", "--team", "x" * 101), "longer than 100"),
+            (("users", "create", "--email", "a@example.com", "--role", "sales_rep",
+              "--no-password", "--password-stdin"), "contradict")):
+        assert_one_line_error(enclave(dev_dir, *args), expect_in=says, code=1)
+    assert not (tmp_path / "e.json").exists()
+    # Nothing was written by any of them (the audit log's length is unchanged).
+    assert json.loads(ok(dev_dir, "audit", "verify", "--json").stdout)["entries"] \
+        == json.loads(before)["entries"]
+
+
 def test_sealed_kek_needs_the_right_passphrase(data_dir: Path) -> None:
     passphrase = "correct horse battery staple"
     init = ok(data_dir, "init", ENCLAVE_KEY_PASSPHRASE=passphrase)
