@@ -277,10 +277,11 @@ def restore(
             "new_key_encryption_key": result.created_kek, "audit_entries": result.audit_entries,
             "audit_problem": result.audit_problem, "seconds": round(result.seconds, 3)}))
     else:
+        kek = "a new key-encryption key" if result.created_kek \
+            else "the target's key-encryption key"
         cli.out.print(
             f"restored {result.rows:,} rows from {file.name} (made {result.manifest.created_at})"
-            f" into {result.target}\n  data keys wrapped under "
-            f"{'a new' if result.created_kek else 'the target'}'s key-encryption key; "
+            f" into {result.target}\n  data keys wrapped under {kek}; "
             f"{len(result.replayed)} erasure(s) replayed of {result.erasures_known} known",
             highlight=False)
     if result.audit_problem:

@@ -9,8 +9,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from security.errors import ConfigurationError
 
 T = TypeVar("T")
 
@@ -32,7 +34,14 @@ def sqlite_url(path: Path) -> str:
 
 def make_engine(url: str) -> Engine:
     url = normalise_url(url)
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigurationError("the database URL is not a URL: give "
+                                 "postgresql://USER@HOST/NAME (or sqlite:///PATH)") from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigurationError(f"the database URL names {parsed.get_backend_name()!r}: "
+                                 "Enclave runs on PostgreSQL (or SQLite)")
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"timeout": 15})
         _configure_sqlite(engine)

@@ -254,6 +254,12 @@ def test_contradictory_or_unknown_options_are_refused_not_ignored(dev_dir: Path,
         == json.loads(before)["entries"]
 
 
+def test_a_database_url_that_is_not_one_is_a_configuration_error(dev_dir: Path) -> None:
+    for url, says in (("notaurl", "not a URL"), ("mysql://u@h/db", "'mysql'")):
+        run = enclave(dev_dir, "clients", "list", ENCLAVE_DATABASE_URL=url)
+        assert_one_line_error(run, expect_in=says, code=3)
+
+
 def test_sealed_kek_needs_the_right_passphrase(data_dir: Path) -> None:
     passphrase = "correct horse battery staple"
     init = ok(data_dir, "init", ENCLAVE_KEY_PASSPHRASE=passphrase)
