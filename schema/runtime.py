@@ -10,6 +10,7 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -88,6 +89,9 @@ class Appliance:
     @classmethod
     def open(cls, settings: Settings, *, unsafe_unguarded_for_benchmark: bool = False) -> Appliance:
         kek = load_kek(settings.kek_path, settings.key_passphrase, dev_mode=settings.dev_mode)
+        embedded = settings.embedded_database_path
+        if embedded is not None and not embedded.exists():
+            raise _database_lost(embedded)  # opening must not create an empty one
         engine = make_engine(settings.resolved_database_url)
         revision = migrate.current_revision(engine)
         if revision != migrate.head_revision():
@@ -195,15 +199,36 @@ class InitResult:
     bootstrap_secret: str | None
 
 
+def _database_lost(path: Path) -> ConfigurationError:
+    return ConfigurationError(
+        f"the database {path} is missing from a data folder that was initialised: restore the "
+        "last backup into this folder (`enclave backup restore FILE --identity ...`), or move "
+        "the folder aside and run `enclave init` for a new, empty appliance")
+
+
 def initialise(settings: Settings) -> InitResult:
     """Make the data folder and database usable. Safe to run again: nothing is re-issued."""
+    embedded = settings.embedded_database_path
+    if embedded is not None and not embedded.exists() \
+            and settings.bootstrap_credentials_path.exists():
+        # Keys and a bootstrap client were made here, but the database holding the data keys
+        # is gone: a new database would not open the old data, and would leave the folder in
+        # a state no command can repair.
+        raise _database_lost(embedded)
+    made_folder = not settings.data_dir.exists()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.data_dir, 0o700)
     created_kek = not settings.kek_path.exists()
-    if created_kek:
-        kek = create_kek(settings.kek_path, settings.key_passphrase, dev_mode=settings.dev_mode)
-    else:
-        kek = load_kek(settings.kek_path, settings.key_passphrase, dev_mode=settings.dev_mode)
+    try:
+        if created_kek:
+            kek = create_kek(settings.kek_path, settings.key_passphrase,
+                             dev_mode=settings.dev_mode)
+        else:
+            kek = load_kek(settings.kek_path, settings.key_passphrase, dev_mode=settings.dev_mode)
+    except BaseException:
+        if made_folder and not any(settings.data_dir.iterdir()):
+            settings.data_dir.rmdir()  # a refused init leaves nothing behind
+        raise
     engine = make_engine(settings.resolved_database_url)
     try:
         migrate.upgrade(engine)

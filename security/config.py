@@ -187,10 +187,15 @@ class Settings:
         return self.data_dir / "bootstrap-credentials.json"
 
     @property
+    def embedded_database_path(self) -> Path | None:
+        """The SQLite file in the data folder, when no database URL is set."""
+        return None if self.database_url else self.data_dir / "enclave.db"
+
+    @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{self.data_dir / 'enclave.db'}"
+        return f"sqlite:///{self.embedded_database_path}"
 
     @property
     def resolved_issuer(self) -> str:

@@ -260,6 +260,19 @@ def test_a_database_url_that_is_not_one_is_a_configuration_error(dev_dir: Path) 
         assert_one_line_error(run, expect_in=says, code=3)
 
 
+def test_a_lost_database_is_named_and_never_replaced_by_an_empty_one(dev_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    (dev_dir / "enclave.db").unlink()
+    for args in (("clients", "list"), ("init", "--dev")):
+        run = enclave(dev_dir, *args)
+        assert_one_line_error(run, expect_in="enclave backup restore", code=3)
+        assert not (dev_dir / "enclave.db").exists(), args
+    # A refused init of a new folder (no passphrase outside development mode) leaves no folder.
+    fresh = tmp_path / "fresh" / "var"
+    assert_one_line_error(enclave(fresh, "init"), expect_in="ENCLAVE_KEY_PASSPHRASE", code=3)
+    assert not fresh.exists()
+
+
 def test_sealed_kek_needs_the_right_passphrase(data_dir: Path) -> None:
     passphrase = "correct horse battery staple"
     init = ok(data_dir, "init", ENCLAVE_KEY_PASSPHRASE=passphrase)
