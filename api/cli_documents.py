@@ -55,14 +55,18 @@ def documents_add(
     try:
         with unit_of_work(appliance, cli._operator("admin")) as ctx:
             for path, text in texts:
-                if path.suffix.lower() == ".json":
-                    registered += documents.add_manifest(ctx, text, clients=client,
-                                                         name=path.name,
-                                                         validate=validate_document)
-                else:
-                    registered.append(documents.add_document(ctx, text, clients=client,
+                try:
+                    if path.suffix.lower() == ".json":
+                        registered += documents.add_manifest(ctx, text, clients=client,
                                                              name=path.name,
-                                                             validate=validate_document))
+                                                             validate=validate_document)
+                    else:
+                        registered.append(documents.add_document(ctx, text, clients=client,
+                                                                 name=path.name,
+                                                                 validate=validate_document))
+                except BadUserInput as exc:  # several files: say which one, nothing is kept
+                    raise BadUserInput(f"{path}: {exc.message}; no file was registered",
+                                       **exc.extra) from None
     finally:
         appliance.close()
     if as_json:

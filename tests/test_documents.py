@@ -175,6 +175,16 @@ def test_cli_add_list_remove(appliance: Appliance, caller: Any, tmp_path: Path,
     removed = runner.invoke(app, ["documents", "remove", documents.document_id(ME)])
     assert removed.exit_code == 0, removed.output
     assert last_json(runner.invoke(app, ["documents", "list", "--json"]).output) == []
+    # Of several files, the one that fails is named, and none is registered.
+    bad = source.with_name("bad.graphql")
+    bad.write_text("{ noSuchField }")
+    refused = runner.invoke(app, ["documents", "add", "--client", rep.client_id, str(source),
+                                  str(bad)])
+    assert refused.exit_code != 0
+    assert isinstance(refused.exception, BadUserInput)
+    assert refused.exception.message.startswith(f"{bad}: ")
+    assert "no file was registered" in refused.exception.message
+    assert last_json(runner.invoke(app, ["documents", "list", "--json"]).output) == []
 
 
 # -- limits of the open path ---------------------------------------------------------------------
