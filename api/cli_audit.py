@@ -185,7 +185,7 @@ def audit_compare_shipped(
         report = audit_log.compare_shipped(ctx, text)
     if as_json:
         print(json.dumps(report.as_dict()))
-    elif report.ok:
+    elif report.ok and report.checked:
         cli.out.print(f"the log ({report.log_size} entries) holds all {report.checked} shipped "
                       "checkpoints", highlight=False)
     for note in report.ignored if not as_json else []:

@@ -141,6 +141,10 @@ def test_manifest_unbind_and_remove_are_audited(appliance: Appliance, caller: An
     forged = json.dumps({documents.document_id(ME): CONTACTS})
     with unit_of_work(appliance, operator("admin")) as ctx, pytest.raises(BadUserInput):
         documents.add_manifest(ctx, forged, clients=[a.client_id])
+    misshapen = json.dumps({"format": "apollo-persisted-query-manifest", "operations": "x"})
+    with unit_of_work(appliance, operator("admin")) as ctx, \
+            pytest.raises(BadUserInput, match="list of"):
+        documents.add_manifest(ctx, misshapen, clients=[a.client_id])
     with unit_of_work(appliance, operator("admin")) as ctx:
         assert documents.remove_document(ctx, registered.id, client=a.client_id) is False
         assert [r.clients for r in documents.list_documents(ctx, client=b.client_id)] == \

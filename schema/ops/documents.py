@@ -61,6 +61,9 @@ def parse_manifest(text: str) -> dict[str, str]:
     if isinstance(data, dict) and isinstance(data.get("operations"), list):
         pairs = [(str(op.get("id", "")), op.get("body")) for op in data["operations"]
                  if isinstance(op, dict)]
+    elif isinstance(data, dict) and ("operations" in data or "format" in data):
+        raise BadUserInput("an Apollo manifest's \"operations\" is a list of {\"id\", "
+                           "\"body\"} objects", field="manifest")
     elif isinstance(data, dict):
         pairs = list(data.items())
     else:
