@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine, select, text
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
@@ -93,7 +94,15 @@ class Appliance:
         if embedded is not None and not embedded.exists():
             raise _database_lost(embedded)  # opening must not create an empty one
         engine = make_engine(settings.resolved_database_url)
-        revision = migrate.current_revision(engine)
+        try:
+            revision = migrate.current_revision(engine)
+        except DatabaseError as exc:
+            engine.dispose()
+            if embedded is None or "not a database" not in str(exc.orig):
+                raise
+            raise ConfigurationError(
+                f"{embedded} is not a SQLite database (damaged or replaced): restore the last "
+                "backup into a new data folder (`enclave backup restore`)") from None
         if revision != migrate.head_revision():
             engine.dispose()
             raise ConfigurationError(

@@ -267,6 +267,10 @@ def test_a_lost_database_is_named_and_never_replaced_by_an_empty_one(dev_dir: Pa
         run = enclave(dev_dir, *args)
         assert_one_line_error(run, expect_in="enclave backup restore", code=3)
         assert not (dev_dir / "enclave.db").exists(), args
+    # A file that is not a database where the database was: named, not an internal error.
+    (dev_dir / "enclave.db").write_bytes(b"not a database, just some bytes" * 64)
+    assert_one_line_error(enclave(dev_dir, "clients", "list"),
+                          expect_in="is not a SQLite database", code=3)
     # A refused init of a new folder (no passphrase outside development mode) leaves no folder.
     fresh = tmp_path / "fresh" / "var"
     assert_one_line_error(enclave(fresh, "init"), expect_in="ENCLAVE_KEY_PASSPHRASE", code=3)
