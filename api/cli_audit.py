@@ -97,7 +97,10 @@ def _time(value: str | None, option: str) -> dt.datetime | None:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:
         raise EnclaveError(f"{option} must be an ISO 8601 date or time, not {value!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    try:
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+    except OverflowError:
+        raise EnclaveError(f"{option} is out of range: {value!r}") from None
 
 
 @audit_app.command("export")

@@ -85,7 +85,10 @@ def _when(value: str, name: str) -> dt.datetime:
     except ValueError:
         raise BadUserInput(f"{name} must be a date and time like 2026-01-31T18:00",
                            field=name) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    try:
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+    except OverflowError:
+        raise BadUserInput(f"{name} is out of range", field=name) from None
 
 
 def parse_filter(params: dict[str, str]) -> audit_log.AuditFilter:

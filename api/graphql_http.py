@@ -101,19 +101,23 @@ def _payload_from_query(pairs: list[tuple[str, str]]) -> dict[str, Any] | None:
         payload[name] = value
     if "variables" in payload:
         try:
-            payload["variables"] = json.loads(payload["variables"])
+            payload["variables"] = _parse_json(payload["variables"].encode("utf-8", "replace"))
         except ValueError:
             return None
     return payload
 
 
 def _parse_json(raw: bytes) -> Any:
-    """`json.loads`, without its per-call set-up for the usual UTF-8 body; raises ValueError."""
+    """`json.loads`, without its per-call set-up for the usual UTF-8 body; raises ValueError
+    (also for arrays or objects nested past the interpreter's recursion limit)."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return json.loads(raw)  # UTF-16 or -32 (JSON allows them), or not JSON at all
-    return _DECODER.decode(text)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return json.loads(raw)  # UTF-16 or -32 (JSON allows them), or not JSON at all
+        return _DECODER.decode(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
@@ -230,7 +234,13 @@ class GraphQLEndpoint:
         operation = payload.get("operationName")
         if variables is not None and not isinstance(variables, dict):
             return graphql_error(400, "'variables' must be an object", "BAD_REQUEST")
-        if variables and len(json_bytes(variables)) > settings.max_variables_bytes:
+        try:
+            variables_size = len(json_bytes(variables)) if variables else 0
+        except (UnicodeEncodeError, RecursionError, ValueError):
+            # A lone surrogate ("\ud800") is valid JSON but not Unicode text; or too deep.
+            return graphql_error(400, "'variables' hold text that is not Unicode (a lone "
+                                      "surrogate) or are nested too deeply", "BAD_REQUEST")
+        if variables_size > settings.max_variables_bytes:
             if limiter.should_audit(f"{principal.id} size"):
                 await run_in_threadpool(self._audit_refusal, principal, request_id,
                                         f"variables over {settings.max_variables_bytes} bytes")

@@ -142,10 +142,15 @@ def token_response(appliance: Appliance, form: dict[str, str], headers: Mapping[
     with appliance.sessions() as session, session.begin():
         server = TokenServer(appliance, session)
         request = _FormRequest("https://enclave.local/oauth/token", form, headers)
+        response_headers: Any
         if "grant_type" not in form:
             # RFC 6749 §5.2: a missing required parameter is an invalid request.
             status, response_headers = 400, []
             body = {"error": "invalid_request", "error_description": "grant_type is required"}
+        elif not _basic_credentials_readable(headers):
+            # authlib would raise on them (a 500): they authenticate nobody.
+            status, body = 401, {"error": "invalid_client"}
+            response_headers = []
         else:
             status, body, response_headers = server.create_token_response(request)
         if isinstance(body, str):
@@ -170,6 +175,18 @@ def token_response(appliance: Appliance, form: dict[str, str], headers: Mapping[
             reason=reason, request_id=request_id)
         appliance.append_audit(session, [entry])
     return status, body, list(response_headers or [])
+
+
+def _basic_credentials_readable(headers: Mapping[str, str]) -> bool:
+    """Whether a Basic authorization header, if any, is base64 of UTF-8 text."""
+    auth = headers.get("authorization", "")
+    if not auth.lower().startswith("basic "):
+        return True
+    try:
+        base64.b64decode(auth[6:]).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def _claimed_client(form: dict[str, str], headers: Mapping[str, str]) -> str | None:

@@ -707,3 +707,51 @@ def test_every_response_carries_the_security_headers(manager: Any, http: TestCli
         assert response.headers.get("cache-control") == "public, max-age=300", path
     assert responses["404"].status_code == 404
     assert responses["token 401"].status_code in (400, 401)
+
+
+def test_malformed_requests_are_clear_errors_not_server_failures(
+        manager: Any, appliance: Appliance) -> None:
+    """Each of these was an HTTP 500 or 503, or an INTERNAL error."""
+    http, auth = manager.http, {"Authorization": f"Bearer {manager.token}",
+                                "Content-Type": "application/json"}
+
+    def post(raw: bytes) -> Any:
+        return http.post("/graphql", content=raw, headers=auth)
+
+    # A lone surrogate in the variables is valid JSON but not Unicode text.
+    lone = post(b'{"query": "{ me { __typename } }", "variables": {"a": "\\ud800"}}')
+    assert lone.status_code == 400 and _codes(lone.json()) == ["BAD_REQUEST"], lone.text
+    # Arrays nested past the interpreter's recursion limit, as the body or in the variables.
+    deep = post(b"[" * 100_000 + b"]" * 100_000)
+    assert deep.status_code == 400 and _codes(deep.json()) == ["BAD_REQUEST"], deep.text
+    nested = post(b'{"query": "{ me { __typename } }", "variables": {"a": '
+                  + b"[" * 5000 + b"]" * 5000 + b"}}")
+    assert nested.status_code == 400 and _codes(nested.json()) == ["BAD_REQUEST"], nested.text
+    # An operationName the document does not hold is the client's mistake, not an outage.
+    unknown = http.post("/graphql", headers=auth, json={
+        "query": "query A { me { __typename } }", "operationName": "B"})
+    assert unknown.status_code == 200 and _codes(unknown.json()) == ["BAD_REQUEST"], unknown.text
+    assert "Unknown operation named" in unknown.json()["errors"][0]["message"]
+    # More search conditions than SQL will take.
+    many = manager.gql("query($f: [RecordFilter!]) { contacts(first: 1, filters: $f) { "
+                       "edges { node { id } } } }",
+                       {"f": [{"field": "lastName", "eq": "a"}] * 1000})
+    assert _codes(many) == ["BAD_USER_INPUT"], many
+    # A date that is out of range once put in UTC.
+    before = _counts(appliance)
+    account = manager.gql('mutation { createAccount(input: {name: "Dates Ltd"}) { id } }')
+    account_id = account["data"]["createAccount"]["id"]
+    early = manager.gql("mutation($a: ID!) { logActivity(input: {kind: \"call\", subject: \"s\", "
+                        "accountId: $a, occurredAt: \"0001-01-01T00:00:00+14:00\"}) { id } }",
+                        {"a": account_id})
+    assert _codes(early) == ["BAD_USER_INPUT"], early
+    assert _counts(appliance)["accounts"] == before["accounts"] + 1  # only the account
+
+
+def test_token_request_with_basic_credentials_that_are_not_utf8(manager: Any) -> None:
+    import base64
+    garbled = base64.b64encode(b"\xff:x").decode()
+    response = manager.http.post("/oauth/token", data={"grant_type": "client_credentials"},
+                                 headers={"Authorization": f"Basic {garbled}"})
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "invalid_client"

@@ -36,7 +36,10 @@ from strawberry.extensions import (
     QueryDepthLimiter,
 )
 from strawberry.schema.config import StrawberryConfig
-from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.schema.exceptions import (
+    CannotGetOperationTypeError,
+    InvalidOperationTypeError,
+)
 from strawberry.types import ExecutionContext
 from strawberry.types.graphql import OperationType
 
@@ -310,6 +313,11 @@ def execute(appliance: Appliance, principal: Principal, document: str | None,
                     except InvalidOperationTypeError:
                         return _refusal("GET runs queries only; send a mutation by POST",
                                         "BAD_REQUEST")
+                    except CannotGetOperationTypeError as exc:  # not a server failure
+                        return _refusal(f"{exc.as_http_error_reason().rstrip('.')}: "
+                                        "operationName must name "
+                                        "one operation of the document (and is needed when it "
+                                        "holds several)", "BAD_REQUEST")
                     data, errors = result.data, list(result.errors or [])
                     retryable = [e for e in errors if e.original_error is not None
                                  and is_retryable(e.original_error)]

@@ -77,7 +77,10 @@ def moment(field: str, value: Any) -> dt.datetime | None:
         raise BadUserInput(f"{field} must be a date and time", field=field)
     if value.tzinfo is None:
         raise BadUserInput(f"{field} must carry a time zone (e.g. Z or +01:00)", field=field)
-    return value.astimezone(dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01T00:00+14:00 is before year 1 in UTC
+        raise BadUserInput(f"{field} is out of range", field=field) from None
 
 
 def _link(field: str) -> Callable[[Any], Any]:

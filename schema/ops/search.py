@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 MAX_IN = 100
 MAX_SORT_KEYS = 3
+#: Conditions per search: each is a clause, and SQLite refuses an expression tree over 1000 deep.
+MAX_FILTERS = 20
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ def filter_clauses(ctx: RequestContext, object_type: str, model: Any,
                    filters: Sequence[FieldFilter]) -> list[ColumnElement[bool]]:
     from schema.ops.records import check_searchable
 
+    if len(filters) > MAX_FILTERS:
+        raise BadUserInput(f"filters takes at most {MAX_FILTERS} conditions", field="filters")
     fspecs = [_spec(ctx, object_type, f.field, "filter") for f in filters]
     check_searchable(ctx, object_type, [f.name for f in fspecs])
     clauses: list[ColumnElement[bool]] = []
