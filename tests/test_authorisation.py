@@ -607,3 +607,37 @@ def test_refused_write_writes_nothing(appliance: Appliance, caller: Any) -> None
     assert codes(mixed) == ["FORBIDDEN"], mixed
     row = contact_row(appliance, own_id)
     assert row is not None and row.title is None and row.national_id is None
+
+
+def test_a_forbidden_write_with_an_invalid_value_is_still_refused_and_audited(
+        appliance: Appliance, caller: Any) -> None:
+    """Permission is decided before any value is looked at: a bad value must not turn a
+    refusal into an unaudited BAD_USER_INPUT (nor teach the rules of a field one may not
+    write)."""
+    manager = caller("sales_manager", team=TEAM)
+    created = manager.gql(CONTACT_CREATE, {"input": {"lastName": "Owned"}})
+    contact_id = created["data"]["createContact"]["id"]
+    rep, support = caller("sales_rep", team=TEAM), caller("support_agent")
+    update = ("mutation($id: ID!, $input: ContactPatch!) { updateContact(id: $id, "
+              "input: $input) { id } }")
+    attempts = [
+        # a field the role may not write, with a value that would not validate either
+        (rep, CONTACT_CREATE, {"input": {"lastName": "D", "nationalId": "!!"}}, "FORBIDDEN"),
+        # a record the role may not change, with an invalid email
+        (support, update, {"id": contact_id, "input": {"lastName": "X", "email": "bad"}},
+         "FORBIDDEN"),
+        # a role that may not create contacts at all, with an invalid email
+        (support, CONTACT_CREATE, {"input": {"lastName": "Y", "email": "bad"}}, "FORBIDDEN"),
+    ]
+    for who, document, variables, code in attempts:
+        before = count_rows(appliance, AuditEvent)
+        body = who.gql(document, variables)
+        assert codes(body) == [code], (variables, body)
+        with appliance.sessions() as session:
+            refusals = session.scalars(select(AuditEvent).where(
+                AuditEvent.seq > before, AuditEvent.action == "contact.refused",
+                AuditEvent.actor == f"client:{who.client_id}")).all()
+        assert len(refusals) == 1 and refusals[0].decision == "deny", variables
+    # The manager, who may write the contact, still gets the validation error.
+    bad = manager.gql(update, {"id": contact_id, "input": {"email": "bad"}})
+    assert codes(bad) == ["BAD_USER_INPUT"], bad

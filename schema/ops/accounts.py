@@ -10,7 +10,7 @@ from schema.context import RequestContext
 from schema.ops import search, validation
 from schema.ops.contacts import merge_plain
 from schema.ops.custom_values import CustomValue, split_custom
-from schema.ops.records import Page, get_visible, list_records, require_create
+from schema.ops.records import Page, authorise_write, get_visible, list_records, require_create
 from security.authz import WRITE
 from security.errors import BadUserInput
 from storage.ids import new_id
@@ -47,6 +47,7 @@ def get_account(ctx: RequestContext, account_id: str) -> Account:
 
 def create_account(ctx: RequestContext, data: Mapping[str, Any], *,
                    custom: Sequence[CustomValue] = ()) -> Account:
+    authorise_write(ctx, OBJECT, data)
     values = _clean(data, creating=True)
     require_create(ctx, OBJECT)
     ctx.guard.check_writable(OBJECT, values)
@@ -65,6 +66,7 @@ def create_account(ctx: RequestContext, data: Mapping[str, Any], *,
 
 def update_account(ctx: RequestContext, account_id: str, changes: Mapping[str, Any], *,
                    custom: Sequence[CustomValue] = ()) -> Account:
+    authorise_write(ctx, OBJECT, changes, record_id=account_id)
     values = _clean(changes, creating=False)
     account = get_visible(ctx, Account, OBJECT, account_id, WRITE)
     ctx.guard.check_writable(OBJECT, values)

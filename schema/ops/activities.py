@@ -22,6 +22,7 @@ from schema.ops import validation
 from schema.ops.custom_values import CustomValue
 from schema.ops.records import (
     Page,
+    authorise_write,
     check_reference,
     check_searchable,
     clean,
@@ -117,6 +118,7 @@ def _check_shape(state: Mapping[str, Any]) -> None:
 
 def log_activity(ctx: RequestContext, data: Mapping[str, Any],
                  custom: Sequence[CustomValue] = ()) -> Activity:
+    authorise_write(ctx, OBJECT, data)
     values = clean(OBJECT, _CHECKS, data, required=("kind", "subject"), creating=True)
     if values.get("occurred_at") is None:
         values["occurred_at"] = now()
@@ -129,6 +131,7 @@ def log_activity(ctx: RequestContext, data: Mapping[str, Any],
 
 def update_activity(ctx: RequestContext, activity_id: str, data: Mapping[str, Any],
                     custom: Sequence[CustomValue] = ()) -> Activity:
+    authorise_write(ctx, OBJECT, data, record_id=activity_id)
     values = clean(OBJECT, _CHECKS, data, creating=False)
     if "subject" in values and values["subject"] is None:
         raise BadUserInput("subject must not be empty", field="subject")

@@ -103,6 +103,7 @@ def _clean(data: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
 
 def create_campaign(ctx: RequestContext, data: Mapping[str, Any], *,
                     custom: Sequence[CustomValue] = ()) -> Campaign:
+    records.authorise_write(ctx, OBJECT, data)
     values = _clean(data, creating=True)
     _check_period(values.get("starts_on"), values.get("ends_on"))
     return records.create_record(ctx, OBJECT, values, custom=custom)  # type: ignore[no-any-return]
@@ -110,6 +111,7 @@ def create_campaign(ctx: RequestContext, data: Mapping[str, Any], *,
 
 def update_campaign(ctx: RequestContext, campaign_id: str, changes: Mapping[str, Any], *,
                     custom: Sequence[CustomValue] = ()) -> Campaign:
+    records.authorise_write(ctx, OBJECT, changes, record_id=campaign_id)
     values = _clean(changes, creating=False)
     campaign = records.get_visible(ctx, Campaign, OBJECT, campaign_id, WRITE)
     _check_period(values.get("starts_on", campaign.starts_on),

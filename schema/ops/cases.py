@@ -32,6 +32,7 @@ from schema.ops.activities import moment
 from schema.ops.custom_values import CustomValue
 from schema.ops.records import (
     Page,
+    authorise_write,
     check_reference,
     check_searchable,
     clean,
@@ -114,6 +115,7 @@ def _due(ctx: RequestContext, priority: str, opened: dt.datetime) -> dict[str, d
 def open_case(ctx: RequestContext, data: Mapping[str, Any],
               custom: Sequence[CustomValue] = ()) -> Case:
     """Open a case (status open), owned by the caller, with SLA targets from its priority."""
+    authorise_write(ctx, OBJECT, data)
     if "status" in data:
         raise BadUserInput("a case opens with status open", field="status")
     values = clean(OBJECT, _CHECKS, {"priority": "normal", **data}, required=("subject",),
@@ -144,6 +146,7 @@ def _transition(ctx: RequestContext, record: Case, values: dict[str, Any]) -> No
 
 def update_case(ctx: RequestContext, case_id: str, data: Mapping[str, Any],
                 custom: Sequence[CustomValue] = (), *, audit_action: str | None = None) -> Case:
+    authorise_write(ctx, OBJECT, data, record_id=case_id)
     values = clean(OBJECT, _CHECKS, data, creating=False)
     for attr, field in (("subject", "subject"), ("priority", "priority"), ("status", "status")):
         if attr in values and values[attr] is None:

@@ -10,7 +10,7 @@ from sqlalchemy import ColumnElement, select
 from schema.context import RequestContext
 from schema.ops import search, validation
 from schema.ops.custom_values import CustomValue, split_custom
-from schema.ops.records import Page, get_visible, list_records, require_create
+from schema.ops.records import Page, authorise_write, get_visible, list_records, require_create
 from security.authz import READ, WRITE, Decision
 from security.classification import CONTACT
 from security.errors import BadUserInput, Forbidden
@@ -98,6 +98,7 @@ def get_contact(ctx: RequestContext, contact_id: str) -> Contact:
 
 def create_contact(ctx: RequestContext, data: Mapping[str, Any], *,
                    custom: Sequence[CustomValue] = ()) -> Contact:
+    authorise_write(ctx, OBJECT, data)
     values = _clean(data, creating=True)
     require_create(ctx, OBJECT)
     ctx.guard.check_writable(OBJECT, [_policy_field(n) for n, v in values.items()
@@ -121,6 +122,7 @@ def create_contact(ctx: RequestContext, data: Mapping[str, Any], *,
 
 def update_contact(ctx: RequestContext, contact_id: str, changes: Mapping[str, Any], *,
                    custom: Sequence[CustomValue] = ()) -> Contact:
+    authorise_write(ctx, OBJECT, changes, record_id=contact_id)
     values = _clean(changes, creating=False)
     contact = get_visible(ctx, Contact, OBJECT, contact_id, WRITE)
     ctx.guard.check_writable(OBJECT, [_policy_field(n) for n in values])

@@ -86,12 +86,14 @@ def get_lead(ctx: RequestContext, lead_id: str) -> Lead:
 
 def create_lead(ctx: RequestContext, data: Mapping[str, Any], *,
                 custom: Sequence[CustomValue] = ()) -> Lead:
+    records.authorise_write(ctx, OBJECT, data)
     lead: Lead = records.create_record(ctx, OBJECT, clean(data, creating=True), custom=custom)
     return lead
 
 
 def update_lead(ctx: RequestContext, lead_id: str, changes: Mapping[str, Any], *,
                 custom: Sequence[CustomValue] = ()) -> Lead:
+    records.authorise_write(ctx, OBJECT, changes, record_id=lead_id)
     values = clean(changes, creating=False)
     if "last_name" in values and values["last_name"] is None:
         raise BadUserInput("lastName is required", field="lastName")

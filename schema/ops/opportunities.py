@@ -21,6 +21,7 @@ from schema.ops import pipeline, search, validation
 from schema.ops.custom_values import CustomValue
 from schema.ops.records import (
     Page,
+    authorise_write,
     check_reference,
     clean,
     create_record,
@@ -149,6 +150,7 @@ def get_opportunity(ctx: RequestContext, opportunity_id: str) -> Opportunity:
 def create_opportunity(ctx: RequestContext, data: Mapping[str, Any], *,
                        custom: Sequence[CustomValue] = ()) -> Opportunity:
     """Create an opportunity in `stage_id` (default: the first open stage of the pipeline)."""
+    authorise_write(ctx, OBJECT, data)
     data = dict(data)
     if data.get("currency") is None:
         data.pop("currency", None)
@@ -175,6 +177,7 @@ def create_opportunity(ctx: RequestContext, data: Mapping[str, Any], *,
 
 def update_opportunity(ctx: RequestContext, opportunity_id: str, changes: Mapping[str, Any], *,
                        custom: Sequence[CustomValue] = ()) -> Opportunity:
+    authorise_write(ctx, OBJECT, changes, record_id=opportunity_id)
     if "stage_id" in changes:
         raise BadUserInput("the stage changes with moveOpportunity, which records it",
                            field="stageId")

@@ -104,6 +104,25 @@ def require_create(ctx: RequestContext, object_type: str) -> None:
         raise Forbidden(reason)
 
 
+def authorise_write(ctx: RequestContext, object_type: str, data: Mapping[str, Any], *,
+                    record_id: str | None = None) -> None:
+    """Refuse (and audit) a create, or a change of record `record_id`, that the caller may not
+    make at all, before any value is looked at: a forbidden attempt must be refused and audited
+    as such even when one of its values is also invalid (it used to be BAD_USER_INPUT, with no
+    audit entry, and it told the caller the rules of a field it may not write). A create names
+    the fields given a value; a change, every field given. Attributes the object does not
+    have are left to the caller's own cleaning to refuse."""
+    if record_id is None:
+        require_create(ctx, object_type)
+        given = [name for name, value in data.items() if value is not None]
+    else:
+        get_visible(ctx, model_of(object_type), object_type, record_id, WRITE)
+        given = list(data)
+    known = {f.attr for f in ctx.guard.policy.spec(object_type).fields}
+    ctx.guard.check_writable(object_type,
+                             policy_names(ctx, object_type, [a for a in given if a in known]))
+
+
 # -- the generic record life cycle (every CRM object goes through these) ---------------------
 
 Check = Callable[[Any], Any]
