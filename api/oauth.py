@@ -147,6 +147,13 @@ def token_response(appliance: Appliance, form: dict[str, str], headers: Mapping[
             # RFC 6749 §5.2: a missing required parameter is an invalid request.
             status, response_headers = 400, []
             body = {"error": "invalid_request", "error_description": "grant_type is required"}
+        elif headers.get("authorization", "").lower().startswith("basic ") \
+                and "client_secret" in form:
+            # RFC 6749 §2.3: a client must not use more than one authentication method in a
+            # request (the body's secret was ignored, even a wrong one).
+            status, response_headers = 400, []
+            body = {"error": "invalid_request", "error_description":
+                    "authenticate with Basic or with client_secret in the body, not both"}
         elif not _basic_credentials_readable(headers):
             # authlib would raise on them (a 500): they authenticate nobody.
             status, body = 401, {"error": "invalid_client"}

@@ -102,6 +102,9 @@ INVALID_CONTACTS: list[tuple[dict[str, Any], str]] = [
     ({"lastName": "Doe", "birthDate": (dt.date.today() + dt.timedelta(days=2)).isoformat()},
      "birthDate"),
     ({"lastName": "Doe", "birthDate": "1980-13-45"}, "birthDate"),
+    ({"lastName": "Do\u0000e"}, "lastName"),
+    ({"lastName": "Do\u007fe"}, "lastName"),   # DEL
+    ({"lastName": "Do\u0085e"}, "lastName"),   # a C1 control (NEL)
 ]
 
 
@@ -755,3 +758,13 @@ def test_token_request_with_basic_credentials_that_are_not_utf8(manager: Any) ->
                                  headers={"Authorization": f"Basic {garbled}"})
     assert response.status_code == 401, response.text
     assert response.json()["error"] == "invalid_client"
+
+
+def test_token_request_with_two_authentication_methods_is_refused(manager: Any) -> None:
+    """RFC 6749 §2.3: one method per request; the body's secret used to be ignored."""
+    response = manager.http.post(
+        "/oauth/token", auth=(manager.client_id, manager.secret),
+        data={"grant_type": "client_credentials", "client_id": manager.client_id,
+              "client_secret": "not-the-secret"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_request"

@@ -32,7 +32,8 @@ def text(field: str, value: Any, *, max_length: int, required: bool = False) -> 
         raise BadUserInput(f"{field} must not be empty", field=field)
     if len(value) > max_length:
         raise BadUserInput(f"{field} is longer than {max_length} characters", field=field)
-    if any(ord(c) < 32 and c not in "\n\t" for c in value):
+    # C0 controls (but newline and tab), DEL and the C1 controls: never text a person wrote.
+    if any((ord(c) < 32 and c not in "\n\t") or 127 <= ord(c) < 160 for c in value):
         raise BadUserInput(f"{field} contains control characters", field=field)
     return value or None
 
