@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from backup.errors import BackupError, Tampered, Truncated
+from backup.progress import NO_PROGRESS, Progress
 from backup.tarstream import BLOCK, padding, tar_end, tar_header
 
 PAYLOAD, MANIFEST, SIGNATURE = "payload.age", "MANIFEST.json", "MANIFEST.sig"
@@ -199,3 +200,21 @@ class PayloadReader(io.RawIOBase):
     def close(self) -> None:
         self._handle.close()
         super().close()
+
+
+#: Bytes read at a time when hashing the payload.
+_READ_SIZE = 1024 * 1024
+
+
+def payload_sha256(layout: Layout, progress: Progress = NO_PROGRESS) -> str:
+    """The SHA-256 (hex) of the archive's payload.age, read through once."""
+    reader = PayloadReader(layout)
+    try:
+        progress.start("checking payload.age", layout.payload_size)
+        buffer = bytearray(_READ_SIZE)
+        while count := reader.readinto(buffer):
+            progress.advance(count)
+        progress.finish()
+    finally:
+        reader.close()
+    return reader.sha256.hexdigest()

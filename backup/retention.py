@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from backup.archive import PayloadReader, read_layout
+from backup.archive import payload_sha256, read_layout
 from backup.errors import BackupError
 from backup.manifest import FORMAT
 
@@ -110,14 +110,7 @@ def payload_problem(backup: BackupInfo) -> str | None:
         return exc.message
     except (ValueError, KeyError, TypeError):
         return "the manifest is malformed"
-    reader = PayloadReader(layout)
-    try:
-        buffer = bytearray(1 << 20)
-        while reader.readinto(buffer):
-            pass
-    finally:
-        reader.close()
-    if reader.sha256.hexdigest() != expected:
+    if payload_sha256(layout) != expected:
         return "payload.age does not match the manifest's SHA-256"
     return None
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from backup.archive import Layout, PayloadReader, read_layout
+from backup.archive import Layout, PayloadReader, payload_sha256, read_layout
 from backup.errors import Tampered, Truncated, VersionTooNew
 from backup.identity import Identities
 from backup.keyfile import read_keys
@@ -22,8 +22,6 @@ from backup.rows import backup_tables, table_named
 from schema.runtime import Appliance
 from security.keys import AUDIT_SIGNING
 from storage import migrate
-
-_READ = 1024 * 1024
 
 
 def appliance_anchor(appliance: Appliance) -> TrustAnchor:
@@ -68,16 +66,7 @@ def open_backup(path: Path, anchor: TrustAnchor) -> OpenedBackup:
 
 
 def check_payload_hash(opened: OpenedBackup, progress: Progress = NO_PROGRESS) -> None:
-    reader = PayloadReader(opened.layout)
-    try:
-        progress.start("checking payload.age", opened.layout.payload_size)
-        buffer = bytearray(_READ)
-        while count := reader.readinto(buffer):
-            progress.advance(count)
-        progress.finish()
-    finally:
-        reader.close()
-    if reader.sha256.hexdigest() != opened.manifest.payload["sha256"]:
+    if payload_sha256(opened.layout, progress) != opened.manifest.payload["sha256"]:
         raise Tampered("payload.age does not match the manifest's SHA-256: it was altered")
 
 
